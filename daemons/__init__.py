@@ -1,0 +1,1 @@
+"""The long-running stackmap services (scan manager, event manager, monitor handler)."""

@@ -1,0 +1,1 @@
+"""Notification handlers that apply OpenStack events to the map."""

@@ -1,0 +1,603 @@
+"""The embedded store: one SQLite file in WAL mode, shared by the CLI and the daemons of one host.
+
+Each collection is a table with the columns its queries filter on plus the whole document as
+JSON text. Writes run in ``BEGIN IMMEDIATE`` transactions so concurrent processes serialize on
+SQLite's own lock (that is what makes claiming a scan atomic across processes), and readers never
+block writers thanks to WAL.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from stackmap.errors import DuplicateError, NotFound, StoreError, StoreUnavailable
+from stackmap.store.base import (
+    INVENTORY_REQUIRED,
+    LINK_REQUIRED,
+    Doc,
+    LinkKey,
+    Store,
+    check_keys,
+)
+from stackmap.store.codec import dumps, iso, loads, parse_iso
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS environments_config (name TEXT PRIMARY KEY, doc TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS inventory (
+    environment TEXT NOT NULL, id TEXT NOT NULL, type TEXT NOT NULL, parent_id TEXT,
+    id_path TEXT NOT NULL DEFAULT '', last_scanned TEXT, doc TEXT NOT NULL);
+CREATE UNIQUE INDEX IF NOT EXISTS inventory_key ON inventory (environment, id);
+CREATE INDEX IF NOT EXISTS inventory_type ON inventory (environment, type);
+CREATE INDEX IF NOT EXISTS inventory_parent ON inventory (environment, parent_id, id_path);
+CREATE INDEX IF NOT EXISTS inventory_path ON inventory (environment, id_path);
+CREATE TABLE IF NOT EXISTS links (
+    environment TEXT NOT NULL, link_type TEXT NOT NULL, source_id TEXT NOT NULL, target_id TEXT NOT NULL,
+    doc TEXT NOT NULL);
+CREATE UNIQUE INDEX IF NOT EXISTS links_key ON links (environment, link_type, source_id, target_id);
+CREATE INDEX IF NOT EXISTS links_source ON links (environment, source_id);
+CREATE INDEX IF NOT EXISTS links_target ON links (environment, target_id);
+CREATE TABLE IF NOT EXISTS cliques (
+    environment TEXT NOT NULL, focal_point TEXT NOT NULL, doc TEXT NOT NULL);
+CREATE UNIQUE INDEX IF NOT EXISTS cliques_key ON cliques (environment, focal_point);
+CREATE TABLE IF NOT EXISTS clique_nodes (
+    environment TEXT NOT NULL, node_id TEXT NOT NULL, focal_point TEXT NOT NULL,
+    PRIMARY KEY (environment, node_id, focal_point)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS clique_nodes_focal ON clique_nodes (environment, focal_point);
+CREATE TABLE IF NOT EXISTS clique_types (id TEXT PRIMARY KEY, environment TEXT NOT NULL, doc TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS clique_constraints (id TEXT PRIMARY KEY, doc TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS scans (
+    id TEXT PRIMARY KEY, environment TEXT NOT NULL, status TEXT NOT NULL, submit_timestamp TEXT NOT NULL,
+    owner TEXT, doc TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS scans_queue ON scans (status, submit_timestamp);
+CREATE INDEX IF NOT EXISTS scans_env ON scans (environment, submit_timestamp);
+CREATE TABLE IF NOT EXISTS scheduled_scans (id TEXT PRIMARY KEY, environment TEXT NOT NULL, doc TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS messages (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, environment TEXT, level TEXT,
+    source_system TEXT, related_object TEXT, timestamp TEXT NOT NULL, doc TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS messages_env ON messages (environment, timestamp);
+"""
+
+_IDS = "(SELECT value FROM json_each(?))"
+
+
+def _idlist(ids: Iterable[str]) -> str:
+    return json.dumps(list(ids))
+
+
+def path_from_url(url: str) -> Path:
+    if not url.startswith("sqlite:///"):
+        raise StoreError(f"not a SQLite store URL: {url}")
+    return Path(url[len("sqlite:///"):] or "stackmap.db")
+
+
+class SqliteStore(Store):
+    def __init__(self, url: str, *, busy_timeout_s: float = 30.0) -> None:
+        self.url = url
+        self.path = path_from_url(url)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._conn = sqlite3.connect(
+                self.path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
+            )
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+            # Scans write tens of thousands of rows at once: a larger page cache and fewer, larger WAL
+            # checkpoints keep bulk upserts fast without weakening durability (WAL + NORMAL).
+            self._conn.execute("PRAGMA cache_size=-65536")
+            self._conn.execute("PRAGMA wal_autocheckpoint=20000")
+            self._conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
+            self._conn.execute("PRAGMA foreign_keys=OFF")
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreUnavailable(f"cannot open SQLite store {self.path}: {exc}") from None
+        self._lock = threading.RLock()
+        with self._write() as cur:
+            for stmt in _SCHEMA.split(";"):
+                if stmt.strip():
+                    cur.execute(stmt)
+            cur.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+            )
+
+    # -- plumbing ----------------------------------------------------------------------------------
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Cursor]:
+        """One write transaction, taking SQLite's write lock up front (no upgrade deadlocks)."""
+        with self._lock:
+            cur = self._conn.cursor()
+            try:
+                cur.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                raise StoreUnavailable(f"SQLite store {self.path} is busy or unavailable: {exc}") from None
+            try:
+                yield cur
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+            else:
+                cur.execute("COMMIT")
+            finally:
+                cur.close()
+
+    def _read(self, sql: str, params: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            try:
+                return self._conn.execute(sql, tuple(params)).fetchall()
+            except sqlite3.OperationalError as exc:
+                raise StoreUnavailable(f"SQLite store {self.path}: {exc}") from None
+
+    def _docs(self, sql: str, params: Iterable[Any] = ()) -> list[Doc]:
+        return [loads(row[0]) for row in self._read(sql, params)]
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def describe(self) -> str:
+        return f"SQLite file {self.path.resolve()}"
+
+    # -- environments_config -----------------------------------------------------------------------
+    def add_environment(self, doc: Mapping[str, Any]) -> None:
+        name = doc["name"]
+        with self._write() as cur:
+            try:
+                cur.execute("INSERT INTO environments_config (name, doc) VALUES (?, ?)", (name, dumps(doc)))
+            except sqlite3.IntegrityError:
+                raise DuplicateError(f"environment {name!r} exists already") from None
+
+    def replace_environment(self, doc: Mapping[str, Any]) -> None:
+        with self._write() as cur:
+            cur.execute("UPDATE environments_config SET doc = ? WHERE name = ?", (dumps(doc), doc["name"]))
+            if cur.rowcount == 0:
+                raise NotFound(f"unknown environment {doc['name']!r}")
+
+    def update_environment(self, name: str, changes: Mapping[str, Any]) -> bool:
+        with self._write() as cur:
+            row = cur.execute("SELECT doc FROM environments_config WHERE name = ?", (name,)).fetchone()
+            if row is None:
+                return False
+            doc = loads(row[0])
+            doc.update(changes)
+            cur.execute("UPDATE environments_config SET doc = ? WHERE name = ?", (dumps(doc), name))
+            return True
+
+    def get_environment(self, name: str) -> Doc | None:
+        docs = self._docs("SELECT doc FROM environments_config WHERE name = ?", (name,))
+        return docs[0] if docs else None
+
+    def list_environments(self) -> list[Doc]:
+        return self._docs("SELECT doc FROM environments_config ORDER BY name")
+
+    def remove_environment(self, name: str) -> bool:
+        with self._write() as cur:
+            cur.execute("DELETE FROM environments_config WHERE name = ?", (name,))
+            if cur.rowcount == 0:
+                return False
+            for table in ("inventory", "links", "cliques", "clique_nodes", "scans", "scheduled_scans", "messages"):
+                cur.execute(f"DELETE FROM {table} WHERE environment = ?", (name,))
+            return True
+
+    # -- inventory ---------------------------------------------------------------------------------
+    def upsert_objects(self, environment: str, docs: Iterable[Mapping[str, Any]]) -> int:
+        rows = []
+        for doc in docs:
+            # The hot path of every scan: one pass builds the row, the body leaves last_scanned out so
+            # that an object whose only difference is its scan time compares equal and is not written.
+            body = {key: value for key, value in doc.items() if key != "last_scanned"}
+            body["environment"] = environment
+            oid, otype = body.get("id"), body.get("type")
+            if not (oid and otype and isinstance(oid, str) and isinstance(otype, str)):
+                check_keys(doc, INVENTORY_REQUIRED, "inventory")
+            scanned = doc.get("last_scanned")
+            rows.append((environment, oid, otype, body.get("parent_id"), body.get("id_path") or "",
+                         iso(scanned) if scanned is not None else None, dumps(body)))
+        if not rows:
+            return 0
+        with self._write() as cur:
+            before = self._conn.total_changes
+            cur.executemany(
+                "INSERT INTO inventory (environment, id, type, parent_id, id_path, last_scanned, doc) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (environment, id) DO UPDATE SET "
+                "type = excluded.type, parent_id = excluded.parent_id, id_path = excluded.id_path, "
+                "last_scanned = excluded.last_scanned, doc = excluded.doc WHERE inventory.doc != excluded.doc",
+                rows,
+            )
+            return self._conn.total_changes - before
+
+    @staticmethod
+    def _object(row: tuple[Any, ...]) -> Doc:
+        doc: Doc = loads(row[0])
+        if row[1] is not None:
+            doc["last_scanned"] = parse_iso(row[1])
+        return doc
+
+    def get_object(self, environment: str, object_id: str) -> Doc | None:
+        rows = self._read(
+            "SELECT doc, last_scanned FROM inventory WHERE environment = ? AND id = ?", (environment, object_id)
+        )
+        return self._object(rows[0]) if rows else None
+
+    def find_objects(
+        self,
+        environment: str,
+        *,
+        type: str | None = None,
+        parent_id: str | None = None,
+        ids: Iterable[str] | None = None,
+        under: str | None = None,
+        limit: int | None = None,
+    ) -> list[Doc]:
+        where, params = ["environment = ?"], [environment]
+        if type is not None:
+            where.append("type = ?")
+            params.append(type)
+        if parent_id is not None:
+            where.append("parent_id = ?")
+            params.append(parent_id)
+        if ids is not None:
+            where.append(f"id IN {_IDS}")
+            params.append(_idlist(ids))
+        if under is not None:
+            prefix = under.rstrip("/")
+            where.append("(id_path = ? OR (id_path >= ? AND id_path < ?))")
+            params += [prefix, prefix + "/", prefix + "0"]
+        sql = f"SELECT doc, last_scanned FROM inventory WHERE {' AND '.join(where)} ORDER BY id_path, id"
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        return [self._object(row) for row in self._read(sql, params)]
+
+    def object_ids(self, environment: str, types: Iterable[str] | None = None) -> set[str]:
+        if types is None:
+            rows = self._read("SELECT id FROM inventory WHERE environment = ?", (environment,))
+        else:
+            rows = self._read(
+                f"SELECT id FROM inventory WHERE environment = ? AND type IN {_IDS}", (environment, _idlist(types))
+            )
+        return {row[0] for row in rows}
+
+    def count_objects(self, environment: str) -> dict[str, int]:
+        rows = self._read(
+            "SELECT type, COUNT(*) FROM inventory WHERE environment = ? GROUP BY type ORDER BY type", (environment,)
+        )
+        return {row[0]: row[1] for row in rows}
+
+    def _delete_ids(self, cur: sqlite3.Cursor, environment: str, id_json: str) -> int:
+        cur.execute(f"DELETE FROM inventory WHERE environment = ? AND id IN {_IDS}", (environment, id_json))
+        deleted = cur.rowcount
+        cur.execute(
+            f"DELETE FROM links WHERE environment = ? AND (source_id IN {_IDS} OR target_id IN {_IDS})",
+            (environment, id_json, id_json),
+        )
+        cur.execute(f"DELETE FROM cliques WHERE environment = ? AND focal_point IN {_IDS}", (environment, id_json))
+        cur.execute(
+            f"DELETE FROM clique_nodes WHERE environment = ? AND focal_point IN {_IDS}", (environment, id_json)
+        )
+        return deleted
+
+    def delete_objects(self, environment: str, ids: Iterable[str]) -> int:
+        id_json = _idlist(ids)
+        with self._write() as cur:
+            return self._delete_ids(cur, environment, id_json)
+
+    def delete_subtree(self, environment: str, object_id: str) -> list[str]:
+        with self._write() as cur:
+            row = cur.execute(
+                "SELECT id_path FROM inventory WHERE environment = ? AND id = ?", (environment, object_id)
+            ).fetchone()
+            if row is None:
+                return []
+            prefix = row[0].rstrip("/")
+            ids = [object_id]
+            if prefix:
+                ids += [r[0] for r in cur.execute(
+                    "SELECT id FROM inventory WHERE environment = ? AND id_path >= ? AND id_path < ? AND id != ?",
+                    (environment, prefix + "/", prefix + "0", object_id),
+                ).fetchall()]
+            self._delete_ids(cur, environment, _idlist(ids))
+            return ids
+
+    # -- links -------------------------------------------------------------------------------------
+    def upsert_links(self, environment: str, docs: Iterable[Mapping[str, Any]]) -> int:
+        rows = []
+        for doc in docs:
+            check_keys(doc, LINK_REQUIRED, "link")
+            body = dict(doc)
+            body["environment"] = environment
+            rows.append((environment, body["link_type"], body["source_id"], body["target_id"], dumps(body)))
+        if not rows:
+            return 0
+        with self._write() as cur:
+            before = self._conn.total_changes
+            cur.executemany(
+                "INSERT INTO links (environment, link_type, source_id, target_id, doc) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (environment, link_type, source_id, target_id) DO UPDATE SET doc = excluded.doc "
+                "WHERE links.doc != excluded.doc",
+                rows,
+            )
+            return self._conn.total_changes - before
+
+    def find_links(
+        self,
+        environment: str,
+        *,
+        link_type: str | None = None,
+        source_id: str | None = None,
+        target_id: str | None = None,
+        touching: Iterable[str] | None = None,
+        link_types: Iterable[str] | None = None,
+        sources: Iterable[str] | None = None,
+        targets: Iterable[str] | None = None,
+    ) -> list[Doc]:
+        where, params = ["environment = ?"], [environment]
+        for column, value in (("link_type", link_type), ("source_id", source_id), ("target_id", target_id)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        for column, values in (("link_type", link_types), ("source_id", sources), ("target_id", targets)):
+            if values is not None:
+                where.append(f"{column} IN {_IDS}")
+                params.append(_idlist(values))
+        if touching is not None:
+            id_json = _idlist(touching)
+            where.append(f"(source_id IN {_IDS} OR target_id IN {_IDS})")
+            params += [id_json, id_json]
+        return self._docs(
+            f"SELECT doc FROM links WHERE {' AND '.join(where)} ORDER BY link_type, source_id, target_id", params
+        )
+
+    def link_keys(self, environment: str, link_types: Iterable[str] | None = None) -> set[LinkKey]:
+        if link_types is None:
+            rows = self._read("SELECT link_type, source_id, target_id FROM links WHERE environment = ?",
+                              (environment,))
+        else:
+            rows = self._read(
+                f"SELECT link_type, source_id, target_id FROM links WHERE environment = ? AND link_type IN {_IDS}",
+                (environment, _idlist(link_types)),
+            )
+        return {(r[0], r[1], r[2]) for r in rows}
+
+    def delete_links(self, environment: str, keys: Iterable[LinkKey]) -> int:
+        rows = [(environment, *key) for key in keys]
+        if not rows:
+            return 0
+        with self._write() as cur:
+            before = self._conn.total_changes
+            cur.executemany(
+                "DELETE FROM links WHERE environment = ? AND link_type = ? AND source_id = ? AND target_id = ?",
+                rows,
+            )
+            return self._conn.total_changes - before
+
+    # -- cliques -----------------------------------------------------------------------------------
+    def replace_cliques(
+        self, environment: str, docs: Iterable[Mapping[str, Any]], focal_points: Iterable[str] | None = None
+    ) -> int:
+        clique_rows, node_rows = [], []
+        focal_seen: set[str] = set()
+        for doc in docs:
+            check_keys(doc, ("focal_point",), "clique")
+            if doc["focal_point"] in focal_seen:
+                raise DuplicateError(f"two cliques for focal point {doc['focal_point']!r} in one replacement")
+            focal_seen.add(doc["focal_point"])
+            body = dict(doc)
+            body["environment"] = environment
+            focal = body["focal_point"]
+            clique_rows.append((environment, focal, dumps(body)))
+            nodes = set(body.get("nodes") or ()) | {focal}
+            node_rows += [(environment, node, focal) for node in nodes]
+        with self._write() as cur:
+            if focal_points is None:
+                cur.execute("DELETE FROM cliques WHERE environment = ?", (environment,))
+                cur.execute("DELETE FROM clique_nodes WHERE environment = ?", (environment,))
+            else:
+                gone = _idlist(set(focal_points) | {row[1] for row in clique_rows})
+                cur.execute(f"DELETE FROM cliques WHERE environment = ? AND focal_point IN {_IDS}",
+                            (environment, gone))
+                cur.execute(f"DELETE FROM clique_nodes WHERE environment = ? AND focal_point IN {_IDS}",
+                            (environment, gone))
+            cur.executemany("INSERT INTO cliques (environment, focal_point, doc) VALUES (?, ?, ?)", clique_rows)
+            cur.executemany(
+                "INSERT OR IGNORE INTO clique_nodes (environment, node_id, focal_point) VALUES (?, ?, ?)", node_rows
+            )
+        return len(clique_rows)
+
+    def find_cliques(
+        self, environment: str, *, focal_point: str | None = None, containing: Iterable[str] | None = None
+    ) -> list[Doc]:
+        where, params = ["c.environment = ?"], [environment]
+        if focal_point is not None:
+            where.append("c.focal_point = ?")
+            params.append(focal_point)
+        if containing is not None:
+            where.append(
+                f"c.focal_point IN (SELECT focal_point FROM clique_nodes WHERE environment = ? AND node_id IN {_IDS})"
+            )
+            params += [environment, _idlist(containing)]
+        return self._docs(f"SELECT c.doc FROM cliques c WHERE {' AND '.join(where)} ORDER BY c.focal_point", params)
+
+    # -- clique types and constraints ----------------------------------------------------------------
+    def upsert_clique_type(self, doc: Mapping[str, Any]) -> None:
+        check_keys(doc, ("id", "focal_point_type"), "clique type")
+        with self._write() as cur:
+            cur.execute(
+                "INSERT INTO clique_types (id, environment, doc) VALUES (?, ?, ?) "
+                "ON CONFLICT (id) DO UPDATE SET environment = excluded.environment, doc = excluded.doc",
+                (doc["id"], doc.get("environment") or "ANY", dumps(doc)),
+            )
+
+    def get_clique_type(self, type_id: str) -> Doc | None:
+        docs = self._docs("SELECT doc FROM clique_types WHERE id = ?", (type_id,))
+        return docs[0] if docs else None
+
+    def list_clique_types(self, environment: str | None = None) -> list[Doc]:
+        if environment is None:
+            return self._docs("SELECT doc FROM clique_types ORDER BY id")
+        return self._docs(
+            "SELECT doc FROM clique_types WHERE environment IN (?, 'ANY') ORDER BY id", (environment,)
+        )
+
+    def remove_clique_type(self, type_id: str) -> bool:
+        with self._write() as cur:
+            cur.execute("DELETE FROM clique_types WHERE id = ?", (type_id,))
+            return cur.rowcount > 0
+
+    def upsert_clique_constraint(self, doc: Mapping[str, Any]) -> None:
+        check_keys(doc, ("id", "focal_point_type"), "clique constraint")
+        with self._write() as cur:
+            cur.execute(
+                "INSERT INTO clique_constraints (id, doc) VALUES (?, ?) "
+                "ON CONFLICT (id) DO UPDATE SET doc = excluded.doc",
+                (doc["id"], dumps(doc)),
+            )
+
+    def list_clique_constraints(self) -> list[Doc]:
+        return self._docs("SELECT doc FROM clique_constraints ORDER BY id")
+
+    # -- scans -------------------------------------------------------------------------------------
+    def submit_scan(self, doc: Mapping[str, Any]) -> str:
+        check_keys(doc, ("id", "environment", "status"), "scan")
+        submitted = doc.get("submit_timestamp")
+        if not isinstance(submitted, datetime):
+            raise ValueError("scan document needs a submit_timestamp datetime")
+        with self._write() as cur:
+            try:
+                cur.execute(
+                    "INSERT INTO scans (id, environment, status, submit_timestamp, owner, doc) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (doc["id"], doc["environment"], doc["status"], iso(submitted), doc.get("owner"), dumps(doc)),
+                )
+            except sqlite3.IntegrityError:
+                raise DuplicateError(f"scan {doc['id']!r} exists already") from None
+        return str(doc["id"])
+
+    def get_scan(self, scan_id: str) -> Doc | None:
+        docs = self._docs("SELECT doc FROM scans WHERE id = ?", (scan_id,))
+        return docs[0] if docs else None
+
+    def find_scans(
+        self, environment: str | None = None, status: Iterable[str] | None = None, limit: int | None = None
+    ) -> list[Doc]:
+        where, params = ["1 = 1"], []
+        if environment is not None:
+            where.append("environment = ?")
+            params.append(environment)
+        if status is not None:
+            where.append(f"status IN {_IDS}")
+            params.append(_idlist(status))
+        sql = f"SELECT doc FROM scans WHERE {' AND '.join(where)} ORDER BY submit_timestamp DESC, id"
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        return self._docs(sql, params)
+
+    def claim_next_scan(self, owner: str, lease_until: datetime, now: datetime) -> Doc | None:
+        with self._write() as cur:
+            row = cur.execute(
+                "SELECT doc FROM scans WHERE status = 'pending' ORDER BY submit_timestamp, id LIMIT 1"
+            ).fetchone()
+            if row is None:
+                return None
+            doc: Doc = loads(row[0])
+            doc.update(status="running", owner=owner, lease_expires=lease_until, start_timestamp=now)
+            cur.execute(
+                "UPDATE scans SET status = 'running', owner = ?, doc = ? WHERE id = ? AND status = 'pending'",
+                (owner, dumps(doc), doc["id"]),
+            )
+            return doc
+
+    def update_scan(
+        self, scan_id: str, changes: Mapping[str, Any], *, expect_status: str | None = None,
+        expect_owner: str | None = None,
+    ) -> bool:
+        with self._write() as cur:
+            row = cur.execute("SELECT doc FROM scans WHERE id = ?", (scan_id,)).fetchone()
+            if row is None:
+                return False
+            doc: Doc = loads(row[0])
+            if expect_status is not None and doc.get("status") != expect_status:
+                return False
+            if expect_owner is not None and doc.get("owner") != expect_owner:
+                return False
+            doc.update(changes)
+            cur.execute(
+                "UPDATE scans SET status = ?, owner = ?, doc = ? WHERE id = ?",
+                (doc["status"], doc.get("owner"), dumps(doc), scan_id),
+            )
+            return True
+
+    # -- scheduled scans ---------------------------------------------------------------------------
+    def upsert_scheduled_scan(self, doc: Mapping[str, Any]) -> None:
+        check_keys(doc, ("id", "environment"), "scheduled scan")
+        with self._write() as cur:
+            cur.execute(
+                "INSERT INTO scheduled_scans (id, environment, doc) VALUES (?, ?, ?) "
+                "ON CONFLICT (id) DO UPDATE SET environment = excluded.environment, doc = excluded.doc",
+                (doc["id"], doc["environment"], dumps(doc)),
+            )
+
+    def list_scheduled_scans(self, environment: str | None = None) -> list[Doc]:
+        if environment is None:
+            return self._docs("SELECT doc FROM scheduled_scans ORDER BY environment, id")
+        return self._docs("SELECT doc FROM scheduled_scans WHERE environment = ? ORDER BY id", (environment,))
+
+    def remove_scheduled_scan(self, schedule_id: str) -> bool:
+        with self._write() as cur:
+            cur.execute("DELETE FROM scheduled_scans WHERE id = ?", (schedule_id,))
+            return cur.rowcount > 0
+
+    # -- messages ----------------------------------------------------------------------------------
+    def append_messages(self, docs: Iterable[Mapping[str, Any]]) -> int:
+        rows = []
+        for doc in docs:
+            check_keys(doc, ("id",), "message")
+            stamp = doc.get("timestamp")
+            if not isinstance(stamp, datetime):
+                raise ValueError("message document needs a timestamp datetime")
+            rows.append((
+                doc["id"], doc.get("environment"), doc.get("level"), doc.get("source_system"),
+                doc.get("related_object"), iso(stamp), dumps(doc),
+            ))
+        if not rows:
+            return 0
+        with self._write() as cur:
+            cur.executemany(
+                "INSERT OR IGNORE INTO messages "
+                "(id, environment, level, source_system, related_object, timestamp, doc) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+        return len(rows)
+
+    def find_messages(
+        self,
+        environment: str | None = None,
+        *,
+        level: str | None = None,
+        source_system: str | None = None,
+        related_object: str | None = None,
+        since: datetime | None = None,
+        limit: int = 100,
+    ) -> list[Doc]:
+        where: list[str] = ["1 = 1"]
+        params: list[Any] = []
+        for column, value in (("environment", environment), ("level", level),
+                              ("source_system", source_system), ("related_object", related_object)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        if since is not None:
+            where.append("timestamp >= ?")
+            params.append(iso(since))
+        return self._docs(
+            f"SELECT doc FROM messages WHERE {' AND '.join(where)} ORDER BY timestamp DESC, seq DESC "
+            f"LIMIT {int(limit)}",
+            params,
+        )

@@ -1,0 +1,317 @@
+"""One contract for every store adapter: SQLite (real file), MongoDB via mongomock, and a real
+MongoDB when STACKMAP_TEST_MONGODB_URI is set. Each test states an observable promise of the port."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from stackmap.errors import DuplicateError, NotFound
+from stackmap.model import Clique, Link, Message, Scan, ScheduledScan
+from stackmap.store import Store
+
+ENV = "lab"
+T0 = datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)
+
+
+def obj(oid: str, otype: str, path: str, parent: str | None = None, **extra: Any) -> dict[str, Any]:
+    doc = {"environment": ENV, "id": oid, "type": otype, "name": extra.pop("name", oid), "parent_id": parent,
+           "id_path": path, "name_path": path, "show_in_tree": True, "last_scanned": T0}
+    doc.update(extra)
+    return doc
+
+
+def tree() -> list[dict[str, Any]]:
+    return [
+        obj("r1", "region", "/lab/r1"),
+        obj("h1", "host", "/lab/r1/h1", "r1"),
+        obj("i1", "instance", "/lab/r1/h1/i1", "h1", network=["n1"], flavor={"vcpus": 1}),
+        obj("i2", "instance", "/lab/r1/h1/i2", "h1"),
+        obj("v1", "vnic", "/lab/r1/h1/i1/v1", "i1", mac_address="fa:16:3e:00:00:01"),
+        obj("h10", "host", "/lab/r1/h10", "r1"),  # a sibling whose path shares h1's prefix text
+        obj("i10", "instance", "/lab/r1/h10/i10", "h10"),
+    ]
+
+
+def link(ltype: str, src: str, dst: str, **extra: Any) -> dict[str, Any]:
+    return Link(environment=ENV, link_type=ltype, source_id=src, target_id=dst, **extra).to_doc()
+
+
+# -- environments ----------------------------------------------------------------------------------
+
+def env_doc(name: str = ENV, **extra: Any) -> dict[str, Any]:
+    doc = {"name": name, "type": "environment", "distribution": "Stock", "listen": False, "scanned": False,
+           "configuration": [{"name": "OpenStack", "host": "h", "user": "u", "pwd": "enc:v1:xyz"}]}
+    doc.update(extra)
+    return doc
+
+
+def test_environment_crud(store: Store) -> None:
+    store.add_environment(env_doc())
+    store.add_environment(env_doc("other"))
+    with pytest.raises(DuplicateError):
+        store.add_environment(env_doc())
+    assert [e["name"] for e in store.list_environments()] == ["lab", "other"]
+    assert store.get_environment(ENV)["configuration"][0]["pwd"] == "enc:v1:xyz"
+    assert store.update_environment(ENV, {"scanned": True, "last_scanned": T0})
+    got = store.get_environment(ENV)
+    assert got["scanned"] is True and got["last_scanned"] == T0 and got["distribution"] == "Stock"
+    assert not store.update_environment("nope", {"scanned": True})
+    store.replace_environment(env_doc(distribution="RDO"))
+    assert store.get_environment(ENV)["distribution"] == "RDO"
+    assert store.get_environment(ENV)["scanned"] is False
+    with pytest.raises(NotFound):
+        store.replace_environment(env_doc("nope"))
+    assert store.get_environment("nope") is None
+
+
+def test_remove_environment_takes_its_documents(store: Store) -> None:
+    store.add_environment(env_doc())
+    store.add_environment(env_doc("other"))
+    store.upsert_objects(ENV, tree())
+    store.upsert_objects("other", [dict(obj("x", "host", "/other/x"), environment="other")])
+    store.upsert_links(ENV, [link("instance-vnic", "i1", "v1")])
+    store.append_messages([Message(environment=ENV, message="hello").to_doc()])
+    assert store.remove_environment(ENV)
+    assert not store.remove_environment(ENV)
+    assert store.get_environment(ENV) is None
+    assert store.count_objects(ENV) == {}
+    assert store.find_links(ENV) == []
+    assert store.find_messages(ENV) == []
+    assert store.count_objects("other") == {"host": 1}
+
+
+# -- inventory -------------------------------------------------------------------------------------
+
+def test_upsert_and_get_round_trip(store: Store) -> None:
+    assert store.upsert_objects(ENV, tree()) == 7
+    got = store.get_object(ENV, "i1")
+    assert got == obj("i1", "instance", "/lab/r1/h1/i1", "h1", network=["n1"], flavor={"vcpus": 1})
+    assert got["last_scanned"].tzinfo is not None
+    assert store.get_object(ENV, "missing") is None
+    assert store.get_object("other-env", "i1") is None
+
+
+def test_unchanged_upsert_writes_nothing_and_changes_are_written(store: Store) -> None:
+    store.upsert_objects(ENV, tree())
+    later = [dict(d, last_scanned=T0 + timedelta(hours=1)) for d in tree()]
+    assert store.upsert_objects(ENV, later) == 0  # only last_scanned differs: nothing to write
+    changed = tree()
+    changed[2]["name"] = "renamed"
+    assert store.upsert_objects(ENV, changed) == 1
+    assert store.get_object(ENV, "i1")["name"] == "renamed"
+
+
+def test_upsert_refuses_documents_without_keys(store: Store) -> None:
+    with pytest.raises(ValueError):
+        store.upsert_objects(ENV, [{"type": "host"}])
+    with pytest.raises(ValueError):
+        store.upsert_links(ENV, [{"link_type": "a-b", "source_id": "x"}])
+
+
+def test_keys_with_dots_and_dollars_round_trip(store: Store) -> None:
+    doc = obj("h1", "host", "/lab/h1", config={"a.b": 1, "$weird": {"c.d": [1, {"e.f": 2}]}})
+    store.upsert_objects(ENV, [doc])
+    assert store.get_object(ENV, "h1")["config"] == {"a.b": 1, "$weird": {"c.d": [1, {"e.f": 2}]}}
+
+
+def test_find_objects_filters(store: Store) -> None:
+    store.upsert_objects(ENV, tree())
+    assert [o["id"] for o in store.find_objects(ENV, type="instance")] == ["i1", "i2", "i10"]  # by id_path
+    assert [o["id"] for o in store.find_objects(ENV, parent_id="h1")] == ["i1", "i2"]
+    assert [o["id"] for o in store.find_objects(ENV, ids=["i2", "v1", "zz"])] == ["v1", "i2"]
+    assert [o["id"] for o in store.find_objects(ENV, under="/lab/r1/h1")] == ["h1", "i1", "v1", "i2"]
+    assert [o["id"] for o in store.find_objects(ENV, type="instance", parent_id="h10")] == ["i10"]
+    assert len(store.find_objects(ENV, limit=2)) == 2
+    assert store.find_objects("other-env") == []
+
+
+def test_object_ids_and_counts(store: Store) -> None:
+    store.upsert_objects(ENV, tree())
+    assert store.object_ids(ENV) == {"r1", "h1", "i1", "i2", "v1", "h10", "i10"}
+    assert store.object_ids(ENV, types=["host", "vnic"]) == {"h1", "h10", "v1"}
+    assert store.count_objects(ENV) == {"host": 2, "instance": 3, "region": 1, "vnic": 1}
+
+
+def test_delete_subtree_removes_descendants_links_and_cliques(store: Store) -> None:
+    store.upsert_objects(ENV, tree())
+    store.upsert_links(ENV, [link("instance-vnic", "i1", "v1"), link("host-instance", "h10", "i10"),
+                             link("vnic-network", "v1", "n1")])
+    store.replace_cliques(ENV, [
+        Clique(environment=ENV, focal_point="i1", focal_point_type="instance", clique_type="t",
+               nodes=["i1", "v1"]).to_doc(),
+        Clique(environment=ENV, focal_point="i10", focal_point_type="instance", clique_type="t",
+               nodes=["i10", "h10"]).to_doc(),
+    ])
+    deleted = store.delete_subtree(ENV, "h1")
+    assert sorted(deleted) == ["h1", "i1", "i2", "v1"]
+    assert store.object_ids(ENV) == {"r1", "h10", "i10"}  # h10 shares the text prefix but is not under h1
+    assert [lk["source_id"] for lk in store.find_links(ENV)] == ["h10"]
+    assert [c["focal_point"] for c in store.find_cliques(ENV)] == ["i10"]
+    assert store.delete_subtree(ENV, "h1") == []
+
+
+def test_delete_objects(store: Store) -> None:
+    store.upsert_objects(ENV, tree())
+    store.upsert_links(ENV, [link("instance-vnic", "i1", "v1"), link("host-instance", "h1", "i2")])
+    assert store.delete_objects(ENV, ["v1", "nope"]) == 1
+    assert [lk["link_type"] for lk in store.find_links(ENV)] == ["host-instance"]
+    assert store.delete_objects(ENV, []) == 0
+
+
+# -- links -----------------------------------------------------------------------------------------
+
+def test_links_are_keyed_by_type_too(store: Store) -> None:
+    # Calipso keyed links without link_type, so two types between one pair overwrote each other.
+    assert store.upsert_links(ENV, [link("vnic-vconnector", "a", "b"), link("vnic-vedge", "a", "b")]) == 2
+    assert {lk["link_type"] for lk in store.find_links(ENV, source_id="a")} == {"vnic-vconnector", "vnic-vedge"}
+    assert store.upsert_links(ENV, [link("vnic-vedge", "a", "b")]) == 0
+    assert store.upsert_links(ENV, [link("vnic-vedge", "a", "b", state="down")]) == 1
+    assert store.find_links(ENV, link_type="vnic-vedge")[0]["state"] == "down"
+
+
+def test_find_links_filters(store: Store) -> None:
+    store.upsert_links(ENV, [
+        link("instance-vnic", "i1", "v1", attributes={"network": "n1"}),
+        link("instance-vnic", "i2", "v2"),
+        link("vnic-vconnector", "v1", "c1"),
+        link("vconnector-host_pnic", "c1", "p1"),
+    ])
+    assert [lk["target_id"] for lk in store.find_links(ENV, link_type="instance-vnic")] == ["v1", "v2"]
+    assert [lk["id"] for lk in store.find_links(ENV, touching=["v1"])] == [
+        "instance-vnic|i1|v1", "vnic-vconnector|v1|c1"]
+    assert [lk["target_id"] for lk in store.find_links(ENV, sources=["i1", "i2"], link_types=["instance-vnic"])] \
+        == ["v1", "v2"]
+    assert [lk["source_id"] for lk in store.find_links(ENV, targets=["c1", "p1"])] == ["c1", "v1"]
+    assert store.find_links(ENV, source_id="i1", target_id="v1")[0]["attributes"] == {"network": "n1"}
+    assert store.link_keys(ENV, link_types=["vnic-vconnector"]) == {("vnic-vconnector", "v1", "c1")}
+    assert len(store.link_keys(ENV)) == 4
+    assert store.delete_links(ENV, [("instance-vnic", "i2", "v2"), ("instance-vnic", "x", "y")]) == 1
+    assert len(store.link_keys(ENV)) == 3
+
+
+# -- cliques ---------------------------------------------------------------------------------------
+
+def clique(focal: str, nodes: list[str]) -> dict[str, Any]:
+    return Clique(environment=ENV, focal_point=focal, focal_point_type="instance", clique_type="ovs",
+                  nodes=nodes, links=[f"x|{focal}|y"], constraints={"network": ["n1"]}).to_doc()
+
+
+def test_replace_cliques_whole_environment_and_by_focal_point(store: Store) -> None:
+    assert store.replace_cliques(ENV, [clique("i1", ["i1", "v1", "c1"]), clique("i2", ["i2", "v2", "c1"])]) == 2
+    assert [c["focal_point"] for c in store.find_cliques(ENV, containing=["c1"])] == ["i1", "i2"]
+    assert [c["focal_point"] for c in store.find_cliques(ENV, containing=["v2", "zz"])] == ["i2"]
+    assert store.find_cliques(ENV, focal_point="i1")[0]["constraints"] == {"network": ["n1"]}
+    # replace only i1's clique; i2's stays
+    store.replace_cliques(ENV, [clique("i1", ["i1", "v9"])], focal_points=["i1"])
+    assert store.find_cliques(ENV, containing=["v1"]) == []
+    assert [c["focal_point"] for c in store.find_cliques(ENV, containing=["v9", "v2"])] == ["i1", "i2"]
+    # a focal point whose clique vanished is removed
+    store.replace_cliques(ENV, [], focal_points=["i2"])
+    assert [c["focal_point"] for c in store.find_cliques(ENV)] == ["i1"]
+    # whole replacement
+    store.replace_cliques(ENV, [clique("i3", ["i3"])])
+    assert [c["focal_point"] for c in store.find_cliques(ENV)] == ["i3"]
+
+
+def test_clique_types_and_constraints(store: Store) -> None:
+    store.upsert_clique_type({"id": "any-instance", "environment": "ANY", "focal_point_type": "instance",
+                              "link_types": ["instance-vnic"]})
+    store.upsert_clique_type({"id": "lab-instance", "environment": ENV, "focal_point_type": "instance",
+                              "link_types": ["instance-vnic", "vnic-vedge"]})
+    store.upsert_clique_type({"id": "other-net", "environment": "other", "focal_point_type": "network",
+                              "link_types": ["network-port"]})
+    assert [t["id"] for t in store.list_clique_types()] == ["any-instance", "lab-instance", "other-net"]
+    assert [t["id"] for t in store.list_clique_types(ENV)] == ["any-instance", "lab-instance"]
+    store.upsert_clique_type({"id": "lab-instance", "environment": ENV, "focal_point_type": "instance",
+                              "link_types": ["instance-vnic"]})
+    assert store.get_clique_type("lab-instance")["link_types"] == ["instance-vnic"]
+    assert store.remove_clique_type("lab-instance") and not store.remove_clique_type("lab-instance")
+    assert store.get_clique_type("lab-instance") is None
+    store.upsert_clique_constraint({"id": "instance", "focal_point_type": "instance", "constraints": ["network"]})
+    store.upsert_clique_constraint({"id": "instance", "focal_point_type": "instance", "constraints": ["network", "x"]})
+    assert store.list_clique_constraints() == [
+        {"id": "instance", "focal_point_type": "instance", "constraints": ["network", "x"]}]
+
+
+# -- scans -----------------------------------------------------------------------------------------
+
+def scan(n: int, env: str = ENV) -> dict[str, Any]:
+    return Scan(id=f"s{n}", environment=env, submit_timestamp=T0 + timedelta(seconds=n)).to_doc()
+
+
+def test_scan_queue_claims_oldest_first(store: Store) -> None:
+    for n in (3, 1, 2):
+        store.submit_scan(scan(n))
+    with pytest.raises(DuplicateError):
+        store.submit_scan(scan(1))
+    lease = T0 + timedelta(minutes=5)
+    first = store.claim_next_scan("w1", lease, T0)
+    assert first is not None and first["id"] == "s1"
+    assert first["status"] == "running" and first["owner"] == "w1" and first["lease_expires"] == lease
+    stored = store.get_scan("s1")
+    assert stored["status"] == "running" and stored["start_timestamp"] == T0
+    assert store.claim_next_scan("w2", lease, T0)["id"] == "s2"
+    assert store.claim_next_scan("w2", lease, T0)["id"] == "s3"
+    assert store.claim_next_scan("w2", lease, T0) is None
+
+
+def test_update_scan_compare_and_set(store: Store) -> None:
+    store.submit_scan(scan(1))
+    store.claim_next_scan("w1", T0, T0)
+    assert not store.update_scan("s1", {"status": "completed"}, expect_owner="w2")
+    assert not store.update_scan("s1", {"status": "completed"}, expect_status="pending")
+    assert store.update_scan("s1", {"status": "completed", "end_timestamp": T0}, expect_status="running",
+                             expect_owner="w1")
+    assert store.get_scan("s1")["status"] == "completed"
+    assert not store.update_scan("nope", {"status": "failed"})
+
+
+def test_find_scans(store: Store) -> None:
+    for n in (1, 2, 3):
+        store.submit_scan(scan(n))
+    store.submit_scan(scan(4, "other"))
+    store.claim_next_scan("w", T0, T0)
+    assert [s["id"] for s in store.find_scans()] == ["s4", "s3", "s2", "s1"]
+    assert [s["id"] for s in store.find_scans(ENV, status=["pending"])] == ["s3", "s2"]
+    assert [s["id"] for s in store.find_scans(status=["running"])] == ["s1"]
+    assert [s["id"] for s in store.find_scans(limit=1)] == ["s4"]
+
+
+def test_scheduled_scans(store: Store) -> None:
+    a = ScheduledScan(id="a", environment=ENV, freq="HOURLY", submit_timestamp=T0).to_doc()
+    b = ScheduledScan(id="b", environment="other", interval_seconds=60, submit_timestamp=T0).to_doc()
+    store.upsert_scheduled_scan(a)
+    store.upsert_scheduled_scan(b)
+    assert [s["id"] for s in store.list_scheduled_scans()] == ["a", "b"]
+    store.upsert_scheduled_scan(dict(a, scheduled_timestamp=T0))
+    assert store.list_scheduled_scans(ENV) == [dict(a, scheduled_timestamp=T0)]
+    assert store.remove_scheduled_scan("a") and not store.remove_scheduled_scan("a")
+    assert [s["id"] for s in store.list_scheduled_scans()] == ["b"]
+
+
+# -- messages --------------------------------------------------------------------------------------
+
+def test_messages_append_and_query(store: Store) -> None:
+    msgs = [Message(id=f"m{n}", environment=ENV if n != 3 else "other", level="error" if n == 2 else "info",
+                    source_system="Sensu" if n == 4 else "stackmap", related_object="i1" if n == 1 else None,
+                    message={"text": f"n{n}"}, timestamp=T0 + timedelta(seconds=n)).to_doc() for n in range(1, 5)]
+    assert store.append_messages(msgs) == 4
+    assert [m["id"] for m in store.find_messages(ENV)] == ["m4", "m2", "m1"]
+    assert [m["id"] for m in store.find_messages()] == ["m4", "m3", "m2", "m1"]
+    assert [m["id"] for m in store.find_messages(ENV, level="error")] == ["m2"]
+    assert [m["id"] for m in store.find_messages(ENV, source_system="Sensu")] == ["m4"]
+    assert [m["id"] for m in store.find_messages(ENV, related_object="i1")] == ["m1"]
+    assert [m["id"] for m in store.find_messages(ENV, since=T0 + timedelta(seconds=2))] == ["m4", "m2"]
+    assert [m["id"] for m in store.find_messages(ENV, limit=1)] == ["m4"]
+    assert store.find_messages(ENV, level="error")[0]["message"] == {"text": "n2"}
+    assert store.find_messages(ENV, limit=1)[0]["timestamp"] == T0 + timedelta(seconds=4)
+
+
+def test_replace_cliques_refuses_two_cliques_for_one_focal_point(store: Store) -> None:
+    store.replace_cliques(ENV, [clique("i1", ["i1"])])
+    with pytest.raises(DuplicateError):
+        store.replace_cliques(ENV, [clique("i2", ["i2"]), clique("i2", ["i2", "v2"])])
+    assert [c["focal_point"] for c in store.find_cliques(ENV)] == ["i1"]  # nothing half-written
