@@ -234,12 +234,22 @@ def _require_env(app: App, name: str) -> None:
 @click.option("--type", "otype", help="Only objects of this type.")
 @click.option("--parent", "parent", help="Only children of this object id.")
 @click.option("--limit", type=int, default=None)
+@click.option("--tree", is_flag=True, help="Print the hierarchy (of --parent's subtree, if given).")
 @json_option
 @pass_app
 def inventory(app: App, environment: str, otype: str | None, parent: str | None, limit: int | None,
-              as_json: bool) -> None:
+              tree: bool, as_json: bool) -> None:
     """List an environment's objects."""
     _require_env(app, environment)
+    if tree:
+        from stackmap.views import inventory_tree
+
+        root = app.store.get_object(environment, parent) if parent else None
+        if parent and root is None:
+            raise NotFound(f"no object {parent!r} in environment {environment}")
+        objs = app.store.find_objects(environment, under=root["id_path"] if root else None)
+        Console(soft_wrap=True).print(inventory_tree(environment, objs, root_id=parent))
+        return
     objs = app.store.find_objects(environment, type=otype, parent_id=parent, limit=limit)
     if as_json:
         emit_json(objs)
@@ -312,9 +322,15 @@ def messages(app: App, environment: str, level: str | None, limit: int, as_json:
                 for m in found))
 
 
+def _register_commands() -> None:
+    """Commands living in their own modules attach themselves to ``cli`` when imported."""
+    import stackmap.cli_scan  # noqa: F401
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: StackmapErrors become one line on stderr and exit status 1."""
     try:
+        _register_commands()
         cli.main(args=argv, prog_name="stackmap", standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)

@@ -1,0 +1,1 @@
+"""Discovery: turning an OpenStack cloud into inventory, links and cliques."""

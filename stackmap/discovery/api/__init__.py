@@ -1,0 +1,1 @@
+"""Reading the OpenStack APIs: connection, HTTP transport (recording / replay) and fetchers."""

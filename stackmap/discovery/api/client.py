@@ -1,0 +1,257 @@
+"""A connection to one OpenStack cloud, through openstacksdk and keystoneauth.
+
+openstacksdk gives us auth (Keystone v3 or a clouds.yaml cloud), the service catalog, endpoint and
+version discovery, TLS and retries. We list resources through its per-service proxies with plain
+GETs and read the JSON ourselves: its Resource objects cost milliseconds each to build, which at
+50,000 objects would be the whole scan budget. Every failure becomes an ``ApiError`` whose message
+says what an operator must check, never the password.
+"""
+
+from __future__ import annotations
+
+import builtins
+import threading
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urljoin, urlsplit
+
+import keystoneauth1.exceptions as ks_exc
+import openstack
+import openstack.connection
+import requests
+from keystoneauth1 import session as ks_session
+from keystoneauth1.identity import v3
+
+from stackmap.discovery.api.transport import CountingAdapter, RecordingMissing, mount
+from stackmap.errors import StackmapError
+from stackmap.model import OpenStackSection
+from stackmap.secrets import SecretBox
+
+# service type in the catalog -> openstacksdk proxy attribute
+PROXIES = {
+    "identity": "identity",
+    "compute": "compute",
+    "network": "network",
+    "block-storage": "block_storage",
+    "volumev3": "block_storage",
+    "image": "image",
+    "load-balancer": "load_balancer",
+}
+PAGE_LIMIT = 1000
+
+
+class ApiError(StackmapError):
+    """An OpenStack API could not be read; ``fatal`` when nothing else can work (auth, keystone down)."""
+
+    def __init__(self, message: str, *, fatal: bool = False, status: int | None = None) -> None:
+        super().__init__(message)
+        self.fatal = fatal
+        self.status = status
+
+
+class ServiceMissing(ApiError):
+    """The catalog has no endpoint for a service in a region."""
+
+
+def auth_url_of(section: OpenStackSection) -> str:
+    if section.auth_url:
+        return section.auth_url
+    scheme = "https" if section.https else "http"
+    return f"{scheme}://{section.host}:{section.port}/v3"
+
+
+class OpenStackClient:
+    """One authenticated session for a whole scan, shared by per-region connections and threads."""
+
+    def __init__(
+        self,
+        section: OpenStackSection,
+        box: SecretBox,
+        *,
+        adapter: CountingAdapter | None = None,
+        timeout: float = 60.0,
+    ) -> None:
+        self.section = section
+        self.adapter = adapter or CountingAdapter(pool_maxsize=16)
+        self._box = box
+        self._timeout = timeout
+        self._session: ks_session.Session | None = None
+        self._conns: dict[str, openstack.connection.Connection] = {}
+        self._lock = threading.Lock()
+
+    # -- connection --------------------------------------------------------------------------------
+    @property
+    def api_calls(self) -> int:
+        return self.adapter.calls
+
+    def _make_session(self) -> ks_session.Session:
+        section = self.section
+        verify: bool | str = section.ca_cert or section.verify
+        if section.cloud:
+            config = openstack.config.OpenStackConfig().get_one(cloud=section.cloud)
+            sess = config.get_session()
+        else:
+            auth = v3.Password(
+                auth_url=auth_url_of(section),
+                username=section.user,
+                password=self._box.reveal(section.pwd) or "",
+                project_name=section.project,
+                user_domain_name=section.user_domain,
+                project_domain_name=section.project_domain,
+            )
+            sess = ks_session.Session(auth=auth, verify=verify, timeout=self._timeout,
+                                      session=requests.Session())
+        mount(sess.session, self.adapter)
+        return sess
+
+    @property
+    def session(self) -> ks_session.Session:
+        with self._lock:
+            if self._session is None:
+                self._session = self._make_session()
+            return self._session
+
+    def connection(self, region: str | None) -> openstack.connection.Connection:
+        key = region or ""
+        sess = self.session
+        with self._lock:
+            if key not in self._conns:
+                self._conns[key] = openstack.connection.Connection(
+                    session=sess, region_name=region, interface=self.section.interface,
+                    identity_interface=self.section.interface,
+                )
+            return self._conns[key]
+
+    def authenticate(self) -> None:
+        """Get a token now, so bad credentials or an unreachable Keystone fail the scan up front."""
+        try:
+            self.session.get_token()
+        except ks_exc.Unauthorized:
+            raise ApiError(f"authentication failed for user {self.section.user!r} at {self.where()}: "
+                           "check the OpenStack section's user, pwd, project and domains", fatal=True) from None
+        except (ks_exc.ConnectFailure, ks_exc.ConnectTimeout, ks_exc.DiscoveryFailure) as exc:
+            raise ApiError(f"cannot reach Keystone at {self.where()}: {_short(exc)}", fatal=True) from None
+        except RecordingMissing as exc:
+            raise ApiError(str(exc), fatal=True) from None
+        except ks_exc.ClientException as exc:
+            raise ApiError(f"Keystone at {self.where()} refused to authenticate: {_short(exc)}", fatal=True) from None
+
+    def where(self) -> str:
+        return f"cloud {self.section.cloud!r}" if self.section.cloud else auth_url_of(self.section)
+
+    # -- catalog -----------------------------------------------------------------------------------
+    def catalog(self) -> list[dict[str, Any]]:
+        access = self.session.auth.get_access(self.session)  # type: ignore[union-attr]
+        return list(access.service_catalog.catalog or [])
+
+    def regions(self) -> list[str]:
+        """Regions that have at least one endpoint, from the catalog (no admin API needed)."""
+        if self.section.region:
+            return [self.section.region]
+        found = {ep.get("region_id") or ep.get("region") for svc in self.catalog() for ep in svc.get("endpoints", [])}
+        return sorted(r for r in found if r) or ["RegionOne"]
+
+    def services(self, region: str) -> dict[str, str]:
+        """Service type -> endpoint URL of the configured interface, in ``region``."""
+        out: dict[str, str] = {}
+        for svc in self.catalog():
+            for ep in svc.get("endpoints", []):
+                in_region = (ep.get("region_id") or ep.get("region")) == region
+                if in_region and ep.get("interface") == self.section.interface:
+                    out[svc["type"]] = ep["url"]
+        return out
+
+    # -- listing -----------------------------------------------------------------------------------
+    def _proxy(self, service_type: str, region: str | None) -> Any:
+        return getattr(self.connection(region), PROXIES[service_type])
+
+    def get_json(self, service_type: str, path: str, region: str | None, *, params: dict[str, Any] | None = None,
+                 microversion: str | None = None) -> Any:
+        proxy = self._proxy(service_type, region)
+        try:
+            response = proxy.get(path, params=params, microversion=microversion, raise_exc=False)
+        except ks_exc.EndpointNotFound:
+            raise ServiceMissing(f"no {service_type} endpoint in region {region} of the catalog") from None
+        except (ks_exc.ConnectFailure, ks_exc.ConnectTimeout) as exc:
+            raise ApiError(f"cannot reach the {service_type} API in region {region}: {_short(exc)}") from None
+        except ks_exc.Unauthorized:
+            raise ApiError(f"the {service_type} API refused our token (401)", fatal=True) from None
+        except RecordingMissing as exc:
+            raise ApiError(str(exc)) from None
+        except ks_exc.ClientException as exc:
+            raise ApiError(f"{service_type} API in region {region}: {_short(exc)}") from None
+        if response.status_code >= 400:
+            raise ApiError(
+                f"{service_type} API in region {region} answered {response.status_code} to GET {path}: "
+                f"{_body_hint(response)}",
+                status=response.status_code,
+                fatal=response.status_code == 401,
+            )
+        try:
+            return response.json()
+        except ValueError:
+            raise ApiError(f"{service_type} API in region {region} sent a non-JSON answer to GET {path}") from None
+
+    def list(self, service_type: str, path: str, key: str, region: str | None, *,
+             params: dict[str, Any] | None = None, microversion: str | None = None,
+             paged: bool = True) -> builtins.list[dict[str, Any]]:
+        """Every item of a collection, following the API's own 'next' links page by page."""
+        items: list[dict[str, Any]] = []
+        for page in self._pages(service_type, path, key, region, params, microversion, paged):
+            items.extend(page)
+        return items
+
+    def _pages(self, service_type: str, path: str, key: str, region: str | None, params: dict[str, Any] | None,
+               microversion: str | None, paged: bool) -> Iterator[builtins.list[dict[str, Any]]]:
+        query = dict(params or {})
+        if paged:
+            query.setdefault("limit", PAGE_LIMIT)
+        url: str | None = path
+        seen: set[str] = set()
+        while url:
+            data = self.get_json(service_type, url, region, params=query, microversion=microversion)
+            page = data.get(key) if isinstance(data, dict) else None
+            if not isinstance(page, list):
+                raise ApiError(f"{service_type} API in region {region}: GET {path} has no {key!r} list")
+            yield page
+            url = _next_link(data, key, self._endpoint_root(service_type, region)) if paged else None
+            query = {}  # a next link carries its own query
+            if url in seen:
+                break
+            if url:
+                seen.add(url)
+
+    def _endpoint_root(self, service_type: str, region: str | None) -> str:
+        endpoint = self._proxy(service_type, region).get_endpoint() or ""
+        parts = urlsplit(endpoint)
+        return f"{parts.scheme}://{parts.netloc}"
+
+
+def _next_link(data: dict[str, Any], key: str, root: str) -> str | None:
+    for link in data.get(f"{key}_links") or []:
+        if link.get("rel") == "next" and link.get("href"):
+            return str(link["href"])
+    nxt = data.get("next")  # glance
+    if isinstance(nxt, str) and nxt:
+        return urljoin(root + "/", nxt.lstrip("/"))
+    return None
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text[:300]
+
+
+def _body_hint(response: requests.Response) -> str:
+    try:
+        data = response.json()
+    except ValueError:
+        return (response.text or response.reason or "").strip()[:200]
+    if isinstance(data, dict):
+        for value in data.values():
+            if isinstance(value, dict) and "message" in value:
+                return str(value["message"])[:200]
+        for field in ("message", "faultstring", "description", "NeutronError"):
+            if field in data:
+                return str(data[field])[:200]
+    return str(data)[:200]

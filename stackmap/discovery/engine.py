@@ -1,0 +1,133 @@
+"""The scan engine: walks scanners.json level by level, calling each fetcher once per level.
+
+All collections the walk will need are read first, concurrently; then the hierarchy is assembled in
+memory, each child getting its parent's paths. The engine writes nothing: it returns documents and
+says whether the walk was complete, and the scan decides what to store and what may be deleted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from stackmap.discovery.api.fetchers import Doc, FetchContext, Fetcher, folder_id
+from stackmap.discovery.api.resources import Resource
+from stackmap.discovery.scanners import ROOT_SCANNER, FolderSpec, ScannerEntry, ScannersConfig, condition_matches
+from stackmap.model import utcnow
+
+
+@dataclass
+class WalkResult:
+    objects: list[Doc] = field(default_factory=list)
+    failed_types: set[str] = field(default_factory=set)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        return not self.failed_types
+
+
+def environment_root(environment: str) -> Doc:
+    """The environment as the walk's root; it is not an inventory object itself (as in Calipso)."""
+    return {"id": environment, "type": "environment", "name": environment, "id_path": f"/{environment}",
+            "name_path": f"/{environment}"}
+
+
+class Engine:
+    def __init__(self, config: ScannersConfig, ctx: FetchContext,
+                 on_level: Callable[[str, int], None] | None = None) -> None:
+        self.config = config
+        self.ctx = ctx
+        self.on_level = on_level
+        self._fetchers: dict[str, Fetcher] = {}
+
+    def _entries(self, scanner: str) -> list[ScannerEntry]:
+        entries = self.config.scanners[scanner]
+        return [e for e in entries if condition_matches(e.environment_condition, self.ctx.env_doc)]
+
+    def fetcher(self, name: str) -> Fetcher:
+        if name not in self._fetchers:
+            self._fetchers[name] = Fetcher.registry[name]()
+        return self._fetchers[name]
+
+    def resources_needed(self, start: str = ROOT_SCANNER) -> list[Resource]:
+        """Every collection the walk from ``start`` may read, so they can be fetched concurrently up front."""
+        found: dict[str, Resource] = {}
+        seen: set[str] = set()
+        todo = [start]
+        while todo:
+            scanner = todo.pop()
+            if scanner in seen:
+                continue
+            seen.add(scanner)
+            for entry in self._entries(scanner):
+                if isinstance(entry.fetcher, str):
+                    for res in self.fetcher(entry.fetcher).resources:
+                        found[res.name] = res
+                if entry.children_scanner:
+                    todo.append(entry.children_scanner)
+        return list(found.values())
+
+    def walk(self, parents: list[Doc], start: str = ROOT_SCANNER, now: datetime | None = None,
+             only_ids: set[str] | None = None) -> WalkResult:
+        """Walk from ``start`` with the given parents; ``only_ids`` keeps just those objects at the first level."""
+        result = WalkResult()
+        stamp = now or utcnow()
+        seen: set[str] = {p["id"] for p in parents}
+        level: list[tuple[str, list[Doc]]] = [(start, parents)]
+        first = True
+        while level:
+            following: list[tuple[str, list[Doc]]] = []
+            for scanner, scanner_parents in level:
+                for entry in self._entries(scanner):
+                    children = self._children(entry, scanner_parents, result)
+                    if first and only_ids is not None:
+                        children = [c for c in children if c["id"] in only_ids]
+                    placed = self._place(entry, children, scanner_parents, stamp, seen, result)
+                    result.objects.extend(placed)
+                    if self.on_level is not None:
+                        self.on_level(entry.type, len(placed))
+                    if entry.children_scanner and placed:
+                        following.append((entry.children_scanner, placed))
+            level = following
+            first = False
+        return result
+
+    def _children(self, entry: ScannerEntry, parents: list[Doc], result: WalkResult) -> list[Doc]:
+        if isinstance(entry.fetcher, FolderSpec):
+            spec = entry.fetcher
+            return [{"id": folder_id(p["id"], spec.types_name), "name": spec.types_name,
+                     "text": spec.text or spec.types_name, "parent_id": p["id"]}
+                    for p in parents if p.get("type") == spec.parent_type]
+        fetcher = self.fetcher(entry.fetcher)
+        children = fetcher.fetch(parents, self.ctx)
+        if fetcher.failed(self.ctx):
+            result.failed_types.add(entry.type)
+        return children
+
+    def _place(self, entry: ScannerEntry, children: list[Doc], parents: list[Doc], stamp: datetime,
+               seen: set[str], result: WalkResult) -> list[Doc]:
+        by_id = {p["id"]: p for p in parents}
+        placed = []
+        env = self.ctx.environment
+        for child in children:
+            parent = by_id.get(child.get("parent_id", ""))
+            oid = child.get("id")
+            if parent is None or not oid:
+                result.warnings.append(f"{entry.type} {oid!r}: fetcher gave no known parent; skipped")
+                continue
+            if oid in seen:
+                result.warnings.append(f"{entry.type} {oid!r}: id already used by another object; skipped")
+                continue
+            seen.add(oid)
+            name = str(child.get("name") or oid)
+            child.update(
+                environment=env, type=entry.type, id=str(oid), name=name, object_name=name,
+                parent_type=parent["type"], id_path=f"{parent['id_path']}/{oid}",
+                name_path=f"{parent['name_path']}/{name}", show_in_tree=True, last_scanned=stamp,
+            )
+            placed.append(child)
+        return placed
+
+

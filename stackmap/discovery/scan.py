@@ -1,0 +1,295 @@
+"""One scan of an environment: inventory, then links, then cliques, into the store.
+
+The rules that keep the map honest live here:
+- a second scan of an unchanged cloud writes nothing (upserts skip equal documents, cliques are
+  compared before they are replaced);
+- objects and links a scan did not see are removed only after a *complete* walk of that scope; a
+  scan with any failed collection deletes nothing;
+- results and errors go to the ``messages`` collection as well as to the caller.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from stackmap.discovery.api.client import ApiError, OpenStackClient
+from stackmap.discovery.api.fetchers import Doc, FetchContext
+from stackmap.discovery.api.resources import Resource, ResourceCache
+from stackmap.discovery.api.transport import CountingAdapter, RecordingAdapter, ReplayAdapter
+from stackmap.discovery.cliques import MemoryGraph, build_cliques, seed_defaults, select_clique_types
+from stackmap.discovery.engine import Engine, environment_root
+from stackmap.discovery.links import MemoryLookup, find_links, link_types_of, load_link_finders
+from stackmap.discovery.scanners import ROOT_SCANNER, ScannersConfig, load_scanners
+from stackmap.environments import load_environment
+from stackmap.errors import NotFound, StackmapError
+from stackmap.logging import get_logger
+from stackmap.model import EnvironmentConfig, Message, MessageLevel, ScanStatus, utcnow
+from stackmap.secrets import SecretBox
+from stackmap.store import Store
+from stackmap.store.codec import dumps
+
+log = get_logger("stackmap.scan")
+
+
+@dataclass
+class ScanOptions:
+    inventory_only: bool = False
+    links_only: bool = False
+    cliques_only: bool = False
+    clear: bool = False
+    object_id: str | None = None
+    scanners_file: str | None = None
+
+    def __post_init__(self) -> None:
+        if sum((self.inventory_only, self.links_only, self.cliques_only)) > 1:
+            raise StackmapError("choose at most one of --inventory-only, --links-only, --cliques-only")
+
+
+@dataclass
+class ScanSummary:
+    environment: str
+    status: str = ScanStatus.RUNNING.value
+    duration_s: float = 0.0
+    objects_by_type: dict[str, int] = field(default_factory=dict)
+    objects_written: int = 0
+    objects_deleted: int = 0
+    links: int = 0
+    links_written: int = 0
+    links_deleted: int = 0
+    cliques: int = 0
+    cliques_written: int = 0
+    cliques_deleted: int = 0
+    api_calls: int = 0
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    phase_seconds: dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class Progress(Protocol):
+    """What a scan reports while it runs (the CLI draws it; daemons log it)."""
+
+    def phase(self, name: str) -> None: ...
+
+    def counted(self, what: str, count: int) -> None: ...
+
+
+class _Quiet:
+    def phase(self, name: str) -> None:
+        pass
+
+    def counted(self, what: str, count: int) -> None:
+        pass
+
+
+def make_adapter(env: EnvironmentConfig, record_to: Path | None = None) -> CountingAdapter:
+    """The HTTP adapter of a scan: replay a recording, record the cloud, or just count calls."""
+    section = env.section("OpenStack")
+    if record_to is not None:
+        return RecordingAdapter(pool_maxsize=16)
+    if section is not None and section.recording:
+        directory = Path(section.recording)
+        if not directory.is_absolute():
+            from stackmap import paths
+
+            directory = paths.defaults_dir() / directory
+        return ReplayAdapter.load(directory)
+    return CountingAdapter(pool_maxsize=16)
+
+
+class Scanner:
+    """Runs one scan; construct per scan (it holds the scan's client and counters)."""
+
+    def __init__(self, store: Store, box: SecretBox, environment: str, options: ScanOptions | None = None, *,
+                 progress: Progress | None = None, adapter: CountingAdapter | None = None,
+                 scanners: ScannersConfig | None = None) -> None:
+        self.store = store
+        self.box = box
+        self.options = options or ScanOptions()
+        self.progress = progress or _Quiet()
+        self.env = load_environment(store, environment)
+        self.summary = ScanSummary(environment=environment)
+        self.adapter = adapter if adapter is not None else make_adapter(self.env)
+        self._scanners = scanners
+
+    # -- entry point -------------------------------------------------------------------------------
+    def run(self) -> ScanSummary:
+        started = time.perf_counter()
+        opts, env_name = self.options, self.env.name
+        log.info("scan started", environment=env_name, object_id=opts.object_id)
+        complete = True
+        try:
+            scanners = self._scanners or load_scanners(opts.scanners_file)
+            if opts.clear and not opts.object_id:
+                self._clear()
+            do_inventory = not (opts.links_only or opts.cliques_only)
+            do_links = not (opts.inventory_only or opts.cliques_only)
+            do_cliques = not (opts.inventory_only or opts.links_only)
+            if do_inventory:
+                complete = self._timed("inventory", lambda: self._inventory(scanners))
+            if do_links:
+                self._timed("links", lambda: self._links(prune=complete))
+            if do_cliques:
+                self._timed("cliques", self._cliques)
+            status = ScanStatus.COMPLETED if complete and not self.summary.errors else ScanStatus.COMPLETED_WITH_ERRORS
+        except StackmapError as exc:
+            self.summary.errors.append(str(exc))
+            status = ScanStatus.FAILED
+        finally:
+            self.summary.api_calls = self.adapter.calls
+            self.summary.duration_s = round(time.perf_counter() - started, 3)
+        self.summary.status = status.value
+        self._finish(status)
+        return self.summary
+
+    def _timed(self, phase: str, work: Callable[[], Any]) -> Any:
+        self.progress.phase(phase)
+        start = time.perf_counter()
+        try:
+            return work()
+        finally:
+            self.summary.phase_seconds[phase] = round(time.perf_counter() - start, 3)
+
+    def _clear(self) -> None:
+        ids = self.store.object_ids(self.env.name)
+        self.store.delete_objects(self.env.name, ids)
+        self.store.delete_links(self.env.name, self.store.link_keys(self.env.name))
+        self.store.replace_cliques(self.env.name, [])
+
+    # -- inventory ---------------------------------------------------------------------------------
+    def client(self) -> OpenStackClient:
+        section = self.env.section("OpenStack")
+        if section is None:
+            raise StackmapError(f"environment {self.env.name} has no OpenStack configuration section")
+        return OpenStackClient(section, self.box, adapter=self.adapter)
+
+    def _inventory(self, scanners: ScannersConfig) -> bool:
+        env_name = self.env.name
+        client = self.client()
+        try:
+            client.authenticate()
+            regions = client.regions()
+        except ApiError as exc:
+            raise StackmapError(str(exc)) from None
+        cache = ResourceCache(client, regions)
+        ctx = FetchContext(env_name, cache, self.env.to_doc())
+        engine = Engine(scanners, ctx, on_level=self.progress.counted)
+        start_scanner, parents, only, prune_under = self._starting_point(scanners, engine)
+
+        def fetched(res: Resource, region: str, count: int) -> None:
+            if count >= 0:
+                self.progress.counted(f"api:{res.name}", count)
+
+        try:
+            cache.prefetch(engine.resources_needed(start_scanner), on_done=fetched)
+        except ApiError as exc:
+            raise StackmapError(str(exc)) from None
+        for name, region in cache.skipped:
+            self.summary.warnings.append(f"{name}: service not in the catalog of region {region}; skipped")
+        for failure in cache.failures:
+            self.summary.errors.append(f"{failure.resource} ({failure.region}): {failure.message}")
+        result = engine.walk(parents, start_scanner, only_ids=only)
+        self.summary.warnings.extend(result.warnings[:50])
+        complete = result.complete and not cache.failures
+        self.summary.objects_written = self.store.upsert_objects(env_name, result.objects)
+        if complete:
+            seen = {o["id"] for o in result.objects}
+            if prune_under is None:
+                existing = self.store.object_ids(env_name)
+            else:
+                existing = {o["id"] for o in self.store.find_objects(env_name, under=prune_under)}
+                existing -= {p["id"] for p in parents}
+            gone = existing - seen
+            if gone:
+                self.summary.objects_deleted = self.store.delete_objects(env_name, gone)
+        elif result.failed_types:
+            self.summary.errors.append(
+                "incomplete scan (could not read: " + ", ".join(sorted(result.failed_types)) + "): nothing deleted")
+        self.summary.objects_by_type = dict(Counter(o["type"] for o in result.objects))
+        return complete
+
+    def _starting_point(self, scanners: ScannersConfig, engine: Engine
+                        ) -> tuple[str, list[Doc], set[str] | None, str | None]:
+        """Where the walk starts: the environment root, or one object's parent (to refresh that object)."""
+        env_name = self.env.name
+        root = environment_root(env_name)
+        object_id = self.options.object_id
+        if object_id is None:
+            return ROOT_SCANNER, [root], None, None
+        target = self.store.get_object(env_name, object_id)
+        if target is None:
+            raise NotFound(f"no object {object_id!r} in environment {env_name} to rescan")
+        parent = root if target.get("parent_type") == "environment" else \
+            self.store.get_object(env_name, target.get("parent_id") or "")
+        if parent is None:
+            raise NotFound(f"the parent of {object_id!r} is not in the store; run a full scan")
+        for name, entries in scanners.scanners.items():
+            if any(e.type == target["type"] for e in entries):
+                return name, [parent], {object_id}, target["id_path"]
+        raise StackmapError(f"no scanner entry produces objects of type {target['type']!r}")
+
+    # -- links -------------------------------------------------------------------------------------
+    def _links(self, prune: bool) -> None:
+        env_name = self.env.name
+        finders = load_link_finders()
+        objects = self.store.find_objects(env_name)
+        links = find_links(env_name, objects, MemoryLookup(objects), finders)
+        self.summary.links_written = self.store.upsert_links(env_name, links)
+        self.summary.links = len(links)
+        self.progress.counted("links", len(links))
+        if prune:
+            owned = link_types_of(finders)
+            new_keys = {(lk["link_type"], lk["source_id"], lk["target_id"]) for lk in links}
+            gone = self.store.link_keys(env_name, owned) - new_keys
+            if gone:
+                self.summary.links_deleted = self.store.delete_links(env_name, gone)
+
+    # -- cliques -----------------------------------------------------------------------------------
+    def _cliques(self) -> None:
+        env_name = self.env.name
+        seed_defaults(self.store)
+        chosen = select_clique_types(self.env.to_doc(), self.store.list_clique_types(env_name))
+        constraints = {c["focal_point_type"]: list(c.get("constraints") or [])
+                       for c in self.store.list_clique_constraints()}
+        focal: list[Doc] = []
+        for focal_type in chosen:
+            focal.extend(self.store.find_objects(env_name, type=focal_type))
+        graph = MemoryGraph(self.store.find_links(env_name))
+        cliques = build_cliques(env_name, focal, chosen, constraints, graph)
+        self.summary.cliques = len(cliques)
+        self.progress.counted("cliques", len(cliques))
+        existing = {c["focal_point"]: dumps(c) for c in self.store.find_cliques(env_name)}
+        fresh = {c["focal_point"]: c for c in cliques}
+        changed = [c for fp, c in fresh.items() if existing.get(fp) != dumps(dict(c, environment=env_name))]
+        removed = set(existing) - set(fresh)
+        if changed or removed:
+            self.store.replace_cliques(env_name, changed, focal_points={c["focal_point"] for c in changed} | removed)
+        self.summary.cliques_written = len(changed)
+        self.summary.cliques_deleted = len(removed)
+
+    # -- wrap-up -----------------------------------------------------------------------------------
+    def _finish(self, status: ScanStatus) -> None:
+        env_name, s = self.env.name, self.summary
+        full = (self.options.object_id is None and not self.options.links_only and not self.options.cliques_only)
+        if status is ScanStatus.COMPLETED and full:
+            self.store.update_environment(env_name, {"scanned": True, "last_scanned": utcnow()})
+        level = {ScanStatus.COMPLETED: MessageLevel.INFO, ScanStatus.COMPLETED_WITH_ERRORS: MessageLevel.WARNING}.get(
+            status, MessageLevel.ERROR)
+        text = (f"scan {status.value}: {sum(s.objects_by_type.values())} objects ({s.objects_written} written, "
+                f"{s.objects_deleted} deleted), {s.links} links, {s.cliques} cliques, {s.api_calls} API calls "
+                f"in {s.duration_s:.1f} s")
+        if s.errors:
+            text += "; errors: " + " | ".join(s.errors[:10])
+        self.store.append_messages([Message(environment=env_name, source_system="stackmap", level=level,
+                                            message=text, related_object=self.options.object_id,
+                                            display_context="scan").to_doc()])
+        log.info("scan finished", environment=env_name, status=status.value, objects=sum(s.objects_by_type.values()),
+                 written=s.objects_written, deleted=s.objects_deleted, links=s.links, cliques=s.cliques,
+                 api_calls=s.api_calls, duration_s=s.duration_s, errors=len(s.errors))
