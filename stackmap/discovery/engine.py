@@ -51,7 +51,7 @@ class Engine:
             self._fetchers[name] = Fetcher.registry[name]()
         return self._fetchers[name]
 
-    def resources_needed(self, start: str = ROOT_SCANNER) -> list[Resource]:
+    def resources_needed(self, start: str = ROOT_SCANNER, only_type: str | None = None) -> list[Resource]:
         """Every collection the walk from ``start`` may read, so they can be fetched concurrently up front."""
         found: dict[str, Resource] = {}
         seen: set[str] = set()
@@ -62,16 +62,32 @@ class Engine:
                 continue
             seen.add(scanner)
             for entry in self._entries(scanner):
+                if only_type is not None and entry.type != only_type:
+                    continue
                 if isinstance(entry.fetcher, str):
                     for res in self.fetcher(entry.fetcher).resources:
                         found[res.name] = res
-                if entry.children_scanner:
+                if entry.children_scanner and only_type is None:
                     todo.append(entry.children_scanner)
         return list(found.values())
 
+    def placement(self, object_type: str) -> tuple[str, list[str]] | None:
+        """The scanner that produces ``object_type`` and the types of the objects it runs under."""
+        for name, entries in self.config.scanners.items():
+            if any(e.type == object_type for e in entries):
+                parent_types = [e.type for entries_ in self.config.scanners.values() for e in entries_
+                                if e.children_scanner == name]
+                return name, parent_types or ["environment"]
+        return None
+
     def walk(self, parents: list[Doc], start: str = ROOT_SCANNER, now: datetime | None = None,
-             only_ids: set[str] | None = None) -> WalkResult:
-        """Walk from ``start`` with the given parents; ``only_ids`` keeps just those objects at the first level."""
+             only_ids: set[str] | None = None, only_type: str | None = None) -> WalkResult:
+        """Walk from ``start`` with the given parents.
+
+        ``only_ids`` keeps just those objects at the first level (rescanning one object's subtree);
+        ``only_type`` runs just that entry of the first level and does not descend (a sync of one
+        resource type, which must leave every other type alone).
+        """
         result = WalkResult()
         stamp = now or utcnow()
         seen: set[str] = {p["id"] for p in parents}
@@ -81,6 +97,8 @@ class Engine:
             following: list[tuple[str, list[Doc]]] = []
             for scanner, scanner_parents in level:
                 for entry in self._entries(scanner):
+                    if first and only_type is not None and entry.type != only_type:
+                        continue
                     children = self._children(entry, scanner_parents, result)
                     if first and only_ids is not None:
                         children = [c for c in children if c["id"] in only_ids]
@@ -88,7 +106,7 @@ class Engine:
                     result.objects.extend(placed)
                     if self.on_level is not None:
                         self.on_level(entry.type, len(placed))
-                    if entry.children_scanner and placed:
+                    if entry.children_scanner and placed and only_type is None:
                         following.append((entry.children_scanner, placed))
             level = following
             first = False

@@ -43,11 +43,20 @@ class ScanOptions:
     cliques_only: bool = False
     clear: bool = False
     object_id: str | None = None
+    resource_types: list[str] | None = None
     scanners_file: str | None = None
 
     def __post_init__(self) -> None:
         if sum((self.inventory_only, self.links_only, self.cliques_only)) > 1:
             raise StackmapError("choose at most one of --inventory-only, --links-only, --cliques-only")
+        if self.resource_types is not None and self.object_id is not None:
+            raise StackmapError("a scan is limited either to resource types or to one object, not both")
+
+    @property
+    def full(self) -> bool:
+        """A scan of the whole environment (the only kind that may mark it scanned)."""
+        return (self.object_id is None and not self.resource_types and not self.links_only
+                and not self.cliques_only)
 
 
 @dataclass
@@ -181,6 +190,8 @@ class Scanner:
         cache = ResourceCache(client, regions)
         ctx = FetchContext(env_name, cache, self.env.to_doc())
         engine = Engine(scanners, ctx, on_level=self.progress.counted)
+        if self.options.resource_types:
+            return self._inventory_of_types(engine, cache, self.options.resource_types)
         start_scanner, parents, only, prune_under = self._starting_point(scanners, engine)
 
         def fetched(res: Resource, region: str, count: int) -> None:
@@ -213,6 +224,42 @@ class Scanner:
             self.summary.errors.append(
                 "incomplete scan (could not read: " + ", ".join(sorted(result.failed_types)) + "): nothing deleted")
         self.summary.objects_by_type = dict(Counter(o["type"] for o in result.objects))
+        return complete
+
+    def _inventory_of_types(self, engine: Engine, cache: ResourceCache, types: list[str]) -> bool:
+        """Sync only some resource types: each is re-read under its stored parents; no other type is
+        written or deleted, and objects of a type are pruned only if that type's walk was complete."""
+        env_name = self.env.name
+        plans = []
+        for otype in types:
+            placement = engine.placement(otype)
+            if placement is None:
+                raise StackmapError(f"no scanner entry produces objects of type {otype!r}")
+            scanner, parent_types = placement
+            parents = [environment_root(env_name)] if parent_types == ["environment"] else [
+                p for ptype in parent_types for p in self.store.find_objects(env_name, type=ptype)]
+            plans.append((otype, scanner, parents))
+        needed = [r for otype, scanner, _ in plans for r in engine.resources_needed(scanner, only_type=otype)]
+        try:
+            cache.prefetch(needed)
+        except ApiError as exc:
+            raise StackmapError(str(exc)) from None
+        for failure in cache.failures:
+            self.summary.errors.append(f"{failure.resource} ({failure.region}): {failure.message}")
+        complete = not cache.failures
+        counts: Counter[str] = Counter()
+        for otype, scanner, parents in plans:
+            result = engine.walk(parents, scanner, only_type=otype)
+            self.summary.warnings.extend(result.warnings[:20])
+            self.summary.objects_written += self.store.upsert_objects(env_name, result.objects)
+            counts[otype] += len(result.objects)
+            if result.complete and not cache.failures:
+                gone = self.store.object_ids(env_name, [otype]) - {o["id"] for o in result.objects}
+                if gone:
+                    self.summary.objects_deleted += self.store.delete_objects(env_name, gone)
+            else:
+                complete = False
+        self.summary.objects_by_type = dict(counts)
         return complete
 
     def _starting_point(self, scanners: ScannersConfig, engine: Engine
@@ -277,8 +324,7 @@ class Scanner:
     # -- wrap-up -----------------------------------------------------------------------------------
     def _finish(self, status: ScanStatus) -> None:
         env_name, s = self.env.name, self.summary
-        full = (self.options.object_id is None and not self.options.links_only and not self.options.cliques_only)
-        if status is ScanStatus.COMPLETED and full:
+        if status is ScanStatus.COMPLETED and self.options.full:
             self.store.update_environment(env_name, {"scanned": True, "last_scanned": utcnow()})
         level = {ScanStatus.COMPLETED: MessageLevel.INFO, ScanStatus.COMPLETED_WITH_ERRORS: MessageLevel.WARNING}.get(
             status, MessageLevel.ERROR)

@@ -88,6 +88,10 @@ class Store(abc.ABC):
         """Objects matching every given filter, ordered by id_path; ``under`` is an id_path prefix."""
 
     @abc.abstractmethod
+    def update_object(self, environment: str, object_id: str, changes: Mapping[str, Any]) -> bool:
+        """Set top-level fields of one object (status from monitoring, a rename...); False if unknown."""
+
+    @abc.abstractmethod
     def object_ids(self, environment: str, types: Iterable[str] | None = None) -> set[str]:
         """Ids of the environment's objects (of the given types), for finding what a scan did not see."""
 
@@ -123,6 +127,10 @@ class Store(abc.ABC):
     ) -> list[Doc]:
         """Links matching every filter. ``touching``: either end among the ids; ``sources``/``targets``:
         the source (target) among the ids, which is how a clique walk queries a whole frontier at once."""
+
+    @abc.abstractmethod
+    def update_link(self, environment: str, key: LinkKey, changes: Mapping[str, Any]) -> bool:
+        """Set top-level fields of one link (e.g. its monitored status); False if unknown."""
 
     @abc.abstractmethod
     def link_keys(self, environment: str, link_types: Iterable[str] | None = None) -> set[LinkKey]: ...
@@ -194,6 +202,12 @@ class Store(abc.ABC):
     # -- scheduled scans ---------------------------------------------------------------------------
     @abc.abstractmethod
     def upsert_scheduled_scan(self, doc: Mapping[str, Any]) -> None: ...
+
+    @abc.abstractmethod
+    def update_scheduled_scan(self, schedule_id: str, changes: Mapping[str, Any],
+                              expect: Mapping[str, Any] | None = None) -> bool:
+        """Set fields of a schedule only if its current values equal ``expect`` (compare-and-set), so
+        that of several scan managers exactly one turns a due schedule into a scan."""
 
     @abc.abstractmethod
     def list_scheduled_scans(self, environment: str | None = None) -> list[Doc]: ...

@@ -454,6 +454,10 @@ class MongoStore(Store):
                 found += self._docs(cursor)
         return found
 
+    def update_object(self, environment: str, object_id: str, changes: Mapping[str, Any]) -> bool:
+        fields = {k: v for k, v in changes.items() if k not in ("id", "environment")}
+        return self._set_fields(INVENTORY, {"environment": environment, "id": object_id}, fields)
+
     def object_ids(self, environment: str, types: Iterable[str] | None = None) -> set[str]:
         query: Doc = {"environment": environment}
         if types is not None:
@@ -540,6 +544,11 @@ class MongoStore(Store):
         order = [("link_type", ASCENDING), ("source_id", ASCENDING), ("target_id", ASCENDING)]
         with self._op():
             return self._docs(self._db[LINKS].find(query).sort(order))
+
+    def update_link(self, environment: str, key: LinkKey, changes: Mapping[str, Any]) -> bool:
+        fields = {k: v for k, v in changes.items() if k not in ("environment", "link_type", "source_id", "target_id")}
+        query = {"environment": environment, "link_type": key[0], "source_id": key[1], "target_id": key[2]}
+        return self._set_fields(LINKS, query, fields)
 
     def link_keys(self, environment: str, link_types: Iterable[str] | None = None) -> set[LinkKey]:
         query: Doc = {"environment": environment}
@@ -682,6 +691,13 @@ class MongoStore(Store):
         return self._set_fields(SCANS, query, changes)
 
     # -- scheduled scans ---------------------------------------------------------------------------
+    def update_scheduled_scan(self, schedule_id: str, changes: Mapping[str, Any],
+                              expect: Mapping[str, Any] | None = None) -> bool:
+        query: Doc = {"id": schedule_id}
+        for field, value in (expect or {}).items():
+            query[field] = encode(value)
+        return self._set_fields(SCHEDULED_SCANS, query, changes)
+
     def upsert_scheduled_scan(self, doc: Mapping[str, Any]) -> None:
         check_keys(doc, ("id", "environment"), "scheduled scan")
         with self._op():

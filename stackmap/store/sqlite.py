@@ -255,6 +255,23 @@ class SqliteStore(Store):
             sql += f" LIMIT {int(limit)}"
         return [self._object(row) for row in self._read(sql, params)]
 
+    def update_object(self, environment: str, object_id: str, changes: Mapping[str, Any]) -> bool:
+        with self._write() as cur:
+            row = cur.execute("SELECT doc, last_scanned FROM inventory WHERE environment = ? AND id = ?",
+                              (environment, object_id)).fetchone()
+            if row is None:
+                return False
+            doc = self._object(row)
+            doc.update(changes)
+            doc["id"] = object_id
+            scanned = doc.pop("last_scanned", None)
+            cur.execute(
+                "UPDATE inventory SET type = ?, parent_id = ?, id_path = ?, last_scanned = ?, doc = ? "
+                "WHERE environment = ? AND id = ?",
+                (doc["type"], doc.get("parent_id"), doc.get("id_path") or "",
+                 iso(scanned) if scanned is not None else None, dumps(doc), environment, object_id))
+            return True
+
     def object_ids(self, environment: str, types: Iterable[str] | None = None) -> set[str]:
         if types is None:
             rows = self._read("SELECT id FROM inventory WHERE environment = ?", (environment,))
@@ -353,6 +370,18 @@ class SqliteStore(Store):
         return self._docs(
             f"SELECT doc FROM links WHERE {' AND '.join(where)} ORDER BY link_type, source_id, target_id", params
         )
+
+    def update_link(self, environment: str, key: LinkKey, changes: Mapping[str, Any]) -> bool:
+        where = "environment = ? AND link_type = ? AND source_id = ? AND target_id = ?"
+        with self._write() as cur:
+            row = cur.execute(f"SELECT doc FROM links WHERE {where}", (environment, *key)).fetchone()
+            if row is None:
+                return False
+            doc = loads(row[0])
+            doc.update(changes)
+            doc.update(link_type=key[0], source_id=key[1], target_id=key[2])
+            cur.execute(f"UPDATE links SET doc = ? WHERE {where}", (dumps(doc), environment, *key))
+            return True
 
     def link_keys(self, environment: str, link_types: Iterable[str] | None = None) -> set[LinkKey]:
         if link_types is None:
@@ -542,6 +571,19 @@ class SqliteStore(Store):
                 "ON CONFLICT (id) DO UPDATE SET environment = excluded.environment, doc = excluded.doc",
                 (doc["id"], doc["environment"], dumps(doc)),
             )
+
+    def update_scheduled_scan(self, schedule_id: str, changes: Mapping[str, Any],
+                              expect: Mapping[str, Any] | None = None) -> bool:
+        with self._write() as cur:
+            row = cur.execute("SELECT doc FROM scheduled_scans WHERE id = ?", (schedule_id,)).fetchone()
+            if row is None:
+                return False
+            doc: Doc = loads(row[0])
+            if expect and any(doc.get(field) != value for field, value in expect.items()):
+                return False
+            doc.update(changes)
+            cur.execute("UPDATE scheduled_scans SET doc = ? WHERE id = ?", (dumps(doc), schedule_id))
+            return True
 
     def list_scheduled_scans(self, environment: str | None = None) -> list[Doc]:
         if environment is None:

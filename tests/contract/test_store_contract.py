@@ -315,3 +315,31 @@ def test_replace_cliques_refuses_two_cliques_for_one_focal_point(store: Store) -
     with pytest.raises(DuplicateError):
         store.replace_cliques(ENV, [clique("i2", ["i2"]), clique("i2", ["i2", "v2"])])
     assert [c["focal_point"] for c in store.find_cliques(ENV)] == ["i1"]  # nothing half-written
+
+
+def test_update_object_and_link_fields(store: Store) -> None:
+    store.upsert_objects(ENV, tree())
+    store.upsert_links(ENV, [link("instance-vnic", "i1", "v1")])
+    assert store.update_object(ENV, "v1", {"status": "Critical", "status_value": 2, "status_timestamp": T0})
+    got = store.get_object(ENV, "v1")
+    assert (got["status"], got["status_value"], got["status_timestamp"]) == ("Critical", 2, T0)
+    assert got["mac_address"] == "fa:16:3e:00:00:01" and got["id_path"] == "/lab/r1/h1/i1/v1"
+    assert [o["id"] for o in store.find_objects(ENV, parent_id="i1")] == ["v1"]  # still findable as before
+    assert not store.update_object(ENV, "nope", {"status": "OK"})
+    assert store.update_link(ENV, ("instance-vnic", "i1", "v1"), {"status": "OK", "status_value": 0})
+    stored = store.find_links(ENV, link_type="instance-vnic")[0]
+    assert stored["status"] == "OK" and stored["source_id"] == "i1" and stored["id"] == "instance-vnic|i1|v1"
+    assert not store.update_link(ENV, ("instance-vnic", "i1", "zz"), {"status": "OK"})
+
+
+def test_update_scheduled_scan_is_compare_and_set(store: Store) -> None:
+    store.upsert_scheduled_scan(ScheduledScan(id="a", environment=ENV, freq="HOURLY", submit_timestamp=T0,
+                                              scheduled_timestamp=T0).to_doc())
+    later = T0 + timedelta(hours=1)
+    assert store.update_scheduled_scan("a", {"scheduled_timestamp": later}, expect={"scheduled_timestamp": T0})
+    # a second manager that read the old value loses
+    assert not store.update_scheduled_scan("a", {"scheduled_timestamp": later + timedelta(hours=1)},
+                                           expect={"scheduled_timestamp": T0})
+    assert store.list_scheduled_scans(ENV)[0]["scheduled_timestamp"] == later
+    assert store.update_scheduled_scan("a", {"last_run": later})
+    assert not store.update_scheduled_scan("zz", {"last_run": later})
