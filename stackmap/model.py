@@ -47,11 +47,14 @@ def stable_id(*parts: str) -> str:
     """Build an id for an object that has no native id from the *stable keys* that identify it.
 
     Parts are things like a host's name and an interface name, never display names that can be
-    renamed. The separator cannot appear inside the parts, so two different part lists never
-    collide (Calipso's ``<a>-<b>`` ids did).
+    renamed. Only the first part (often the owner's own id, itself possibly composite) may contain
+    the separator; the others may not, so the id splits back unambiguously from the right and two
+    different part lists never collide (Calipso's ``<a>-<b>`` ids did).
     """
-    for part in parts:
-        if not part or ID_SEPARATOR in part:
+    if not parts:
+        raise ValueError("an id needs at least one part")
+    for i, part in enumerate(parts):
+        if not part or (i > 0 and ID_SEPARATOR in part):
             raise ValueError(f"id part {part!r} is empty or contains {ID_SEPARATOR!r}")
     return ID_SEPARATOR.join(parts)
 

@@ -127,6 +127,8 @@ class Scanner:
         self.summary = ScanSummary(environment=environment)
         self.adapter = adapter if adapter is not None else make_adapter(self.env)
         self._scanners = scanners
+        self._objects: list[Doc] | None = None
+        self._links_now: list[Doc] | None = None
 
     # -- entry point -------------------------------------------------------------------------------
     def run(self) -> ScanSummary:
@@ -204,9 +206,9 @@ class Scanner:
             raise StackmapError(str(exc)) from None
         for name, region in cache.skipped:
             self.summary.warnings.append(f"{name}: service not in the catalog of region {region}; skipped")
-        for failure in cache.failures:
-            self.summary.errors.append(f"{failure.resource} ({failure.region}): {failure.message}")
         result = engine.walk(parents, start_scanner, only_ids=only)
+        for failure in cache.failures:  # after the walk: fetchers may read extra collections on the way
+            self.summary.errors.append(f"{failure.resource} ({failure.region}): {failure.message}")
         self.summary.warnings.extend(result.warnings[:50])
         complete = result.complete and not cache.failures
         self.summary.objects_written = self.store.upsert_objects(env_name, result.objects)
@@ -218,13 +220,52 @@ class Scanner:
                 existing = {o["id"] for o in self.store.find_objects(env_name, under=prune_under)}
                 existing -= {p["id"] for p in parents}
             gone = existing - seen
+            keep = self._types_of_skipped_services(engine, cache, start_scanner)
+            if gone and keep:
+                # a service absent from the catalog (cinder, octavia) says nothing about its objects
+                gone = {o["id"] for o in self.store.find_objects(env_name, ids=gone) if o["type"] not in keep}
             if gone:
-                self.summary.objects_deleted = self.store.delete_objects(env_name, gone)
+                self._delete(gone)
+            if prune_under is None:
+                self._objects = result.objects  # the store now holds exactly these: reuse them for links
         elif result.failed_types:
             self.summary.errors.append(
                 "incomplete scan (could not read: " + ", ".join(sorted(result.failed_types)) + "): nothing deleted")
         self.summary.objects_by_type = dict(Counter(o["type"] for o in result.objects))
         return complete
+
+    def _delete(self, ids: set[str]) -> None:
+        """Delete objects, counting the links and cliques that go with them."""
+        env_name = self.env.name
+        links_before = len(self.store.link_keys(env_name))
+        focal = sum(1 for c in self.store.find_cliques(env_name, containing=ids) if c["focal_point"] in ids)
+        self.summary.objects_deleted += self.store.delete_objects(env_name, ids)
+        self.summary.links_deleted += links_before - len(self.store.link_keys(env_name))
+        self.summary.cliques_deleted += focal
+
+    @staticmethod
+    def _types_of_skipped_services(engine: Engine, cache: ResourceCache, start: str) -> set[str]:
+        """Object types (and everything under them) whose fetchers read a collection that was skipped."""
+        skipped = {name for name, _region in cache.skipped}
+        if not skipped:
+            return set()
+        keep: set[str] = set()
+        todo = [(start, False)]
+        seen: set[tuple[str, bool]] = set()
+        while todo:
+            scanner, inherited = todo.pop()
+            if (scanner, inherited) in seen:
+                continue
+            seen.add((scanner, inherited))
+            for entry in engine.config.scanners[scanner]:
+                uses_skipped = isinstance(entry.fetcher, str) and any(
+                    r.name in skipped for r in engine.fetcher(entry.fetcher).resources)
+                kept = inherited or uses_skipped
+                if kept:
+                    keep.add(entry.type)
+                if entry.children_scanner:
+                    todo.append((entry.children_scanner, kept))
+        return keep
 
     def _inventory_of_types(self, engine: Engine, cache: ResourceCache, types: list[str]) -> bool:
         """Sync only some resource types: each is re-read under its stored parents; no other type is
@@ -256,7 +297,7 @@ class Scanner:
             if result.complete and not cache.failures:
                 gone = self.store.object_ids(env_name, [otype]) - {o["id"] for o in result.objects}
                 if gone:
-                    self.summary.objects_deleted += self.store.delete_objects(env_name, gone)
+                    self._delete(gone)
             else:
                 complete = False
         self.summary.objects_by_type = dict(counts)
@@ -286,8 +327,10 @@ class Scanner:
     def _links(self, prune: bool) -> None:
         env_name = self.env.name
         finders = load_link_finders()
-        objects = self.store.find_objects(env_name)
+        objects = self._objects if self._objects is not None else self.store.find_objects(env_name)
+        self._objects = None  # not needed past this point: keep the scan's peak memory down
         links = find_links(env_name, objects, MemoryLookup(objects), finders)
+        del objects
         self.summary.links_written = self.store.upsert_links(env_name, links)
         self.summary.links = len(links)
         self.progress.counted("links", len(links))
@@ -296,7 +339,14 @@ class Scanner:
             new_keys = {(lk["link_type"], lk["source_id"], lk["target_id"]) for lk in links}
             gone = self.store.link_keys(env_name, owned) - new_keys
             if gone:
-                self.summary.links_deleted = self.store.delete_links(env_name, gone)
+                self.summary.links_deleted += self.store.delete_links(env_name, gone)
+            self._links_now = links  # exactly what the store holds for these types
+
+    def _foreign_links(self) -> bool:
+        """Whether the store holds links no finder of ours made (e.g. host-level ones from another
+        source): then the clique walk must read them from the store."""
+        owned = set(link_types_of(load_link_finders()))
+        return any(key[0] not in owned for key in self.store.link_keys(self.env.name))
 
     # -- cliques -----------------------------------------------------------------------------------
     def _cliques(self) -> None:
@@ -308,7 +358,10 @@ class Scanner:
         focal: list[Doc] = []
         for focal_type in chosen:
             focal.extend(self.store.find_objects(env_name, type=focal_type))
-        graph = MemoryGraph(self.store.find_links(env_name))
+        links = self._links_now if self._links_now is not None and not self._foreign_links() else \
+            self.store.find_links(env_name)
+        self._links_now = None
+        graph = MemoryGraph(links)
         cliques = build_cliques(env_name, focal, chosen, constraints, graph)
         self.summary.cliques = len(cliques)
         self.progress.counted("cliques", len(cliques))

@@ -49,7 +49,8 @@ def test_calipso_environment_document_is_accepted() -> None:
 def test_stable_ids_cannot_collide() -> None:
     assert stable_id("host-1", "eth0") != stable_id("host", "1-eth0")
     with pytest.raises(ValueError):
-        stable_id("a|b", "c")
+        stable_id("a", "b|c")
+    assert stable_id("az|r1|nova", "hosts") == "az|r1|nova|hosts"  # an owner's composite id may lead
     with pytest.raises(ValueError):
         stable_id("", "c")
 

@@ -13,7 +13,6 @@ import builtins
 import threading
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import urljoin, urlsplit
 
 import keystoneauth1.exceptions as ks_exc
 import openstack
@@ -214,26 +213,23 @@ class OpenStackClient:
             if not isinstance(page, list):
                 raise ApiError(f"{service_type} API in region {region}: GET {path} has no {key!r} list")
             yield page
-            url = _next_link(data, key, self._endpoint_root(service_type, region)) if paged else None
+            url = _next_link(data, key) if paged else None
             query = {}  # a next link carries its own query
             if url in seen:
                 break
             if url:
                 seen.add(url)
 
-    def _endpoint_root(self, service_type: str, region: str | None) -> str:
-        endpoint = self._proxy(service_type, region).get_endpoint() or ""
-        parts = urlsplit(endpoint)
-        return f"{parts.scheme}://{parts.netloc}"
 
-
-def _next_link(data: dict[str, Any], key: str, root: str) -> str | None:
+def _next_link(data: dict[str, Any], key: str) -> str | None:
     for link in data.get(f"{key}_links") or []:
         if link.get("rel") == "next" and link.get("href"):
             return str(link["href"])
-    nxt = data.get("next")  # glance
+    nxt = data.get("next")
     if isinstance(nxt, str) and nxt:
-        return urljoin(root + "/", nxt.lstrip("/"))
+        # glance's next link is "/v2/images?marker=...": relative to the versioned endpoint the proxy
+        # already uses (which may sit under a path prefix), so drop the version and let it resolve
+        return nxt[nxt.find("/", 1):] if nxt.startswith("/v") else nxt
     return None
 
 

@@ -352,6 +352,17 @@ class ApiSecurityGroups(_ProjectScoped):
     kind = "security_group"
 
 
+class ApiServerGroups(_ProjectScoped):
+    name = "ApiServerGroups"
+    object_type = "server_group"
+    source = R.SERVER_GROUPS
+    resources = (R.SERVER_GROUPS,)
+    kind = "server_group"
+
+    def extra(self, raw: dict[str, Any], region: str, ctx: FetchContext) -> Doc:
+        return {"members": sorted(raw.get("members") or [])}
+
+
 class ApiVolumes(_ProjectScoped):
     name = "ApiVolumes"
     object_type = "volume"
@@ -376,7 +387,12 @@ class ApiLoadBalancers(_ProjectScoped):
         members = []
         for pool in ctx.cache.get(R.LB_POOLS, region):
             if raw["id"] in {lb.get("id") for lb in pool.get("loadbalancers") or []}:
-                for member in pool.get("members") or []:
+                listed = pool.get("members") or []
+                if listed and not all("address" in m for m in listed):
+                    # the pools list names members by id only: one call per pool for their addresses
+                    listed = ctx.cache.fetch_path("load-balancer", f"/lbaas/pools/{pool['id']}/members", "members",
+                                                  region)
+                for member in listed:
                     if "address" in member:
                         members.append({"id": member.get("id"), "address": member.get("address"),
                                         "subnet_id": member.get("subnet_id"), "pool_id": pool.get("id"),

@@ -38,6 +38,9 @@ HYPERVISORS = Resource("hypervisors", "compute", "/os-hypervisors/detail", "hype
 COMPUTE_SERVICES = Resource("compute_services", "compute", "/os-services", "services", paged=False)
 AGGREGATES = Resource("aggregates", "compute", "/os-aggregates", "aggregates", paged=False)
 SERVERS = Resource("servers", "compute", "/servers/detail", "servers", (("all_tenants", "1"),))
+# project_id appears in server groups from microversion 2.13; nova pages them by offset, not by link
+SERVER_GROUPS = Resource("server_groups", "compute", "/os-server-groups", "server_groups", (("all_projects", "True"),),
+                         microversion="2.13", paged=False)
 FLAVORS = Resource("flavors", "compute", "/flavors/detail", "flavors", (("is_public", "none"),))
 IMAGES = Resource("images", "image", "/images", "images")
 NETWORKS = Resource("networks", "network", "/networks", "networks")
@@ -76,6 +79,7 @@ class ResourceCache:
     data: dict[tuple[str, str], list[dict[str, Any]]] = field(default_factory=dict)
     failures: list[ResourceFailure] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # optional services absent
+    closed: bool = False  # targeted updates: only the seeded items exist, nothing is listed from the API
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _services: dict[str, set[str]] = field(default_factory=dict)
 
@@ -132,9 +136,29 @@ class ResourceCache:
     def get(self, res: Resource, region: str | None = None) -> list[dict[str, Any]]:
         """The items of a collection in a region ([] when it failed: the failure is recorded)."""
         key = (res.name, GLOBAL if not res.per_region else (region or ""))
+        if self.closed:
+            return self.data.get(key, [])
         if key not in self.data and not any(f.resource == res.name and f.region == key[1] for f in self.failures):
             self._load(res, key[1])
         return self.data.get(key, [])
+
+    def fetch_path(self, service: str, path: str, key: str, region: str) -> list[dict[str, Any]]:
+        """A collection outside the fixed list (e.g. one pool's members): read once, then cached;
+        a closed cache answers only what was seeded."""
+        cache_key = (f"{service}:{path}", region)
+        if cache_key in self.data or self.closed:
+            return self.data.get(cache_key, [])
+        try:
+            items = self.client.list(service, path, key, region, paged=False)
+        except ApiError as exc:
+            if exc.fatal:
+                raise
+            with self._lock:
+                self.failures.append(ResourceFailure(f"{service}:{path}", region, str(exc)))
+            return []
+        with self._lock:
+            self.data[cache_key] = items
+        return items
 
     def failed(self, res: Resource) -> bool:
         return any(f.resource == res.name for f in self.failures)

@@ -1,0 +1,96 @@
+"""Instance events, legacy (``compute.instance.*``) and versioned (``instance.*``).
+
+Nova's payloads are not its API's representation, so the instance is re-read from the API (one GET
+for the server, one for its ports): the map then holds exactly what a scan would, whatever order the
+events came in. A server the API no longer has is removed.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from handlers.apply import MissingParent
+from handlers.base import EventBase, EventResult
+from handlers.envelope import Notification
+from stackmap.discovery.api import resources as R
+
+DELETED = {"compute.instance.delete.end", "instance.delete.end"}
+NOT_YET = {"building", "scheduling", "networking", "spawning", "block_device_mapping"}
+
+
+def instance_id(n: Notification) -> str | None:
+    data = n.data
+    for key in ("instance_id", "uuid", "id"):
+        value = data.get(key)
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
+class InstanceHandler(EventBase):
+    object_type = "instance"
+    handles: ClassVar[dict[str, str]] = {
+        **{e: "changed" for e in (
+            "compute.instance.create.end", "compute.instance.rebuild.end", "compute.instance.update",
+            "compute.instance.shutdown.start", "compute.instance.shutdown.end", "compute.instance.power_off.end",
+            "compute.instance.power_on.end", "compute.instance.resize.confirm.end",
+            "compute.instance.live_migration.post.dest.end", "instance.create.end", "instance.update",
+            "instance.shutdown.end", "instance.power_off.end", "instance.power_on.end", "instance.rebuild.end",
+            "instance.resize_confirm.end", "instance.live_migration_post_dest.end",
+            "compute.instance.volume.attach", "compute.instance.volume.detach", "instance.volume_attach.end",
+            "instance.volume_detach.end")},
+        **{e: "deleted" for e in DELETED},
+    }
+
+    @staticmethod
+    def api_lags(n: Notification, server: dict[str, Any]) -> str | None:
+        """Nova notifies a volume (de)attach before its API shows it: read again later, not now."""
+        volume = n.data.get("volume_id")
+        if not volume or "volume" not in n.event_type:
+            return None
+        attached = {v.get("id") for v in server.get("os-extended-volumes:volumes_attached") or []}
+        if "detach" in n.event_type and volume in attached:
+            return f"the API still shows volume {volume} attached; retrying"
+        if "attach" in n.event_type and "detach" not in n.event_type and volume not in attached:
+            return f"the API does not show volume {volume} attached yet; retrying"
+        return None
+
+    def deleted(self, n: Notification) -> EventResult:
+        oid = instance_id(n)
+        if oid is None:
+            return EventResult.failed(f"{n.event_type}: payload names no instance")
+        change = self.updater.remove(oid)
+        if not change.deleted:
+            return EventResult.skip(f"instance {oid} was not in the map", oid)
+        return EventResult.done(f"{n.event_type}: {change.describe()}", oid, "instance")
+
+    def changed(self, n: Notification) -> EventResult:
+        oid = instance_id(n)
+        if oid is None:
+            return EventResult.failed(f"{n.event_type}: payload names no instance")
+        state = str(n.data.get("state") or "").lower()
+        if n.event_type.endswith("update") and state in NOT_YET and self.updater.stored(oid) is None:
+            return EventResult.skip(f"instance {oid} is still {state}", oid)
+        if self.updater.tombstoned(oid):
+            return EventResult.skip(f"instance {oid} was deleted; late {n.event_type} ignored", oid)
+        server = self.updater.show("instance", oid)
+        if server is None or str(server.get("status", "")).upper() == "DELETED":
+            change = self.updater.remove(oid)
+            return EventResult.done(f"{n.event_type}: instance gone from the API; {change.describe()}", oid)
+        if not server.get("OS-EXT-SRV-ATTR:host"):
+            return EventResult.skip(f"instance {oid} is not on a host yet", oid)
+        lagging = self.api_lags(n, server)
+        if lagging:
+            return EventResult.again(lagging, oid)
+        region = self.updater.region()
+        ports = self.updater.list_filtered(R.PORTS, region, device_id=oid)
+        try:
+            change = self.updater.refresh("instance", [server], seeds={R.PORTS: ports}, region=region)
+        except MissingParent as exc:
+            return EventResult.again(self.updater.request_scan(["host", "instances_folder"], str(exc)), oid)
+        port_ids = [str(p["id"]) for p in ports]
+        holders: list[dict[str, Any]] = self.updater.store.find_objects(self.updater.environment, ids=port_ids) \
+            if port_ids else []
+        self.updater.relink(change, holders)
+        self.updater.reclique(change)
+        return EventResult.done(f"{n.event_type}: {change.describe()}", oid, "instance")

@@ -1,0 +1,128 @@
+"""Real notifications from the rig, through the real handlers: after each change the map must equal
+a fresh scan's, and each event is handled well within a second."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from handlers.apply import MapUpdater
+from handlers.dispatch import Dispatcher
+from stackmap.discovery.scan import Scanner, ScanOptions
+from stackmap.environments import add_environment
+from stackmap.model import EnvironmentConfig
+from stackmap.secrets import SecretBox
+from stackmap.store import Store, open_store
+from tests.e2e import topology
+from tests.e2e.bus import BusTap
+from tests.e2e.mapdiff import differences
+
+pytestmark = pytest.mark.e2e
+ENV = {"name": "rig", "distribution": "Stock", "distribution_version": "Zed",
+       "configuration": [{"name": "OpenStack", "auth_url": topology.RIG_AUTH["auth_url"], "user": "admin",
+                          "pwd": "secret", "project": "admin"}]}
+
+
+def new_map(path: Path, box: SecretBox) -> Store:
+    store = open_store(f"sqlite:///{path}")
+    add_environment(store, box, EnvironmentConfig.model_validate(ENV))
+    return store
+
+
+class Harness:
+    def __init__(self, tmp: Path, conn: Any) -> None:
+        self.tmp, self.conn = tmp, conn
+        self.box = SecretBox(tmp / "key")
+        self.store = new_map(tmp / "events.db", self.box)
+        summary = Scanner(self.store, self.box, "rig").run()
+        assert summary.status == "completed", summary.errors
+        self.dispatcher = Dispatcher(MapUpdater(self.store, self.box, "rig"))
+        self.tap = BusTap(self.dispatcher, self.dispatcher.bindings())
+        self.rounds = 0
+
+    def after(self, action: Callable[[], Any], expect: set[str], quiet_for: float = 4.0) -> Any:
+        """Run an action, handle the notifications it caused, and compare with a fresh scan."""
+        value = action()
+        handled = self.tap.drain(quiet_for=quiet_for, timeout=90)
+        seen = {et for et, _ in handled}
+        assert expect <= seen, f"expected {expect}, saw {sorted(seen)}"
+        for event_type, result in handled:
+            if event_type in expect:
+                assert result.result, f"{event_type}: {result.message}"
+        self.rounds += 1
+        fresh = new_map(self.tmp / f"scan{self.rounds}.db", self.box)
+        try:
+            assert Scanner(fresh, self.box, "rig", ScanOptions()).run().status == "completed"
+            diff = differences(self.store, fresh, "rig")
+        finally:
+            fresh.close()
+        assert diff == [], "map after events differs from a fresh scan:\n" + "\n".join(diff)
+        return value
+
+
+@pytest.fixture(scope="module")
+def conn() -> Any:
+    return topology.connect()
+
+
+@pytest.fixture
+def harness(tmp_path: Path, conn: Any) -> Iterator[Harness]:
+    h = Harness(tmp_path, conn)
+    yield h
+    h.tap.close()
+    h.store.close()
+
+
+def test_network_subnet_port_router_fip_sg_events(harness: Harness, conn: Any) -> None:
+    net = conn.network
+    p = f"sme2ev-{harness.tap.queue_name[-6:]}"
+    made: dict[str, Any] = {}
+    try:
+        made["net"] = harness.after(lambda: net.create_network(name=f"{p}-net"), {"network.create.end"})
+        made["sub"] = harness.after(lambda: net.create_subnet(name=f"{p}-sub", network_id=made["net"].id,
+                                                              ip_version=4, cidr="10.88.0.0/24"),
+                                    {"subnet.create.end"})
+        harness.after(lambda: net.update_subnet(made["sub"], name=f"{p}-sub2"), {"subnet.update.end"})
+        harness.after(lambda: net.update_network(made["net"], name=f"{p}-net2"), {"network.update.end"})
+        made["sg"] = harness.after(lambda: net.create_security_group(name=f"{p}-sg"), {"security_group.create.end"})
+        harness.after(lambda: net.create_security_group_rule(security_group_id=made["sg"].id, direction="ingress",
+                                                             protocol="tcp", port_range_min=22, port_range_max=22,
+                                                             ethertype="IPv4"),
+                      {"security_group_rule.create.end"})
+        made["port"] = harness.after(lambda: net.create_port(name=f"{p}-port", network_id=made["net"].id,
+                                                             security_group_ids=[made["sg"].id]),
+                                     {"port.create.end"})
+        harness.after(lambda: net.update_port(made["port"], name=f"{p}-port2"), {"port.update.end"})
+        made["ext"] = harness.after(lambda: net.create_network(
+            name=f"{p}-ext", is_router_external=True, provider_network_type="flat",
+            provider_physical_network="physnet1"), {"network.create.end"})
+        made["extsub"] = harness.after(lambda: net.create_subnet(
+            name=f"{p}-extsub", network_id=made["ext"].id, ip_version=4, cidr="198.18.0.0/24",
+            is_dhcp_enabled=False), {"subnet.create.end"})
+        made["router"] = harness.after(lambda: net.create_router(name=f"{p}-router"), {"router.create.end"})
+        harness.after(lambda: net.update_router(made["router"], external_gateway_info={"network_id": made["ext"].id}),
+                      {"router.update.end"})
+        harness.after(lambda: net.add_interface_to_router(made["router"], subnet_id=made["sub"].id),
+                      {"router.interface.create"})
+        made["fip"] = harness.after(lambda: net.create_ip(floating_network_id=made["ext"].id,
+                                                          port_id=made["port"].id), {"floatingip.create.end"})
+        harness.after(lambda: net.update_ip(made["fip"], port_id=None), {"floatingip.update.end"})
+        harness.after(lambda: net.delete_ip(made.pop("fip")), {"floatingip.delete.end"})
+        harness.after(lambda: net.remove_interface_from_router(made["router"], subnet_id=made["sub"].id),
+                      {"router.interface.delete"})
+        harness.after(lambda: net.update_router(made["router"], external_gateway_info=None), {"router.update.end"})
+        harness.after(lambda: net.delete_router(made.pop("router")), {"router.delete.end"})
+        harness.after(lambda: net.delete_port(made.pop("port")), {"port.delete.end"})
+        harness.after(lambda: net.delete_security_group(made.pop("sg")), {"security_group.delete.end"})
+        harness.after(lambda: net.delete_subnet(made.pop("sub")), {"subnet.delete.end"})
+        harness.after(lambda: net.delete_network(made.pop("net")), {"network.delete.end"})
+    finally:
+        leftovers = topology.Topology(prefix=p)
+        for kind, key in (("floating_ip", "fip"), ("router", "router"), ("security_group", "sg"),
+                          ("network", "net"), ("network", "ext")):
+            if made.get(key) is not None:
+                leftovers.add(kind, made[key].id)
+        topology.cleanup(conn, leftovers)
