@@ -21,7 +21,7 @@ from typing import Any, cast
 
 from stackmap.discovery.api import resources as R
 from stackmap.discovery.api.client import ApiError, OpenStackClient
-from stackmap.discovery.api.fetchers import RESERVED, Doc, FetchContext, folder_id
+from stackmap.discovery.api.fetchers import RESERVED, Doc, FetchContext, folder_id, project_of
 from stackmap.discovery.api.resources import Resource, ResourceCache
 from stackmap.discovery.api.transport import CountingAdapter
 from stackmap.discovery.cliques import StoreGraph, build_cliques, constraints_by_focal_type, select_clique_types
@@ -211,7 +211,7 @@ class MapUpdater:
         scanner = placement[0]
         by_parent: dict[str, list[str]] = {}
         for item in items:
-            owner = item.get(owner_field) or (item.get("tenant_id") if owner_field == "project_id" else None)
+            owner = project_of(item) if owner_field == "project_id" else item.get(owner_field)
             if kind == "instance":
                 owner = item.get("OS-EXT-SRV-ATTR:host")
             if not owner:

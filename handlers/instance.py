@@ -93,4 +93,8 @@ class InstanceHandler(EventBase):
             if port_ids else []
         self.updater.relink(change, holders)
         self.updater.reclique(change)
+        task = server.get("OS-EXT-STS:task_state")
+        if task and n.event_type.endswith(".end"):
+            # mapped as it is now; nova is still busy with it, so read again shortly
+            return EventResult.again(f"instance {oid} is still {task}; mapped, reading again", oid)
         return EventResult.done(f"{n.event_type}: {change.describe()}", oid, "instance")

@@ -10,6 +10,12 @@ from handlers.envelope import Notification
 from stackmap.discovery.api import resources as R
 
 
+# statuses cinder passes through; an ".end" event can arrive while the API still shows one of them
+TRANSITIONAL = frozenset({"creating", "attaching", "detaching", "deleting", "extending", "downloading",
+                          "uploading", "reserved", "backing-up", "restoring-backup", "retyping", "maintenance",
+                          "awaiting-transfer", "unmanaging"})
+
+
 class VolumeHandler(EventBase):
     object_type = "volume"
     handles: ClassVar[dict[str, str]] = {
@@ -39,6 +45,9 @@ class VolumeHandler(EventBase):
                 self._refresh_server(str(server_id), change)
         self.updater.relink(change)
         self.updater.reclique(change)
+        if str(item.get("status", "")).lower() in TRANSITIONAL:
+            # mapped as it is now, and read again shortly: the state this event announces is not there yet
+            return EventResult.again(f"{kind} {oid} is still {item['status']}; mapped, reading again", oid)
         return EventResult.done(f"{event_type}: {change.describe()}", oid, kind)
 
     def _refresh_server(self, server_id: str, change: Change) -> None:

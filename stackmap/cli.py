@@ -350,7 +350,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(EXIT_ERROR)
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # run as the real module, so commands registered on it are the ones used
+    from stackmap import cli as _cli
+
+    _cli.main()
 
 

@@ -55,7 +55,8 @@ class Harness:
         self.rounds += 1
         fresh = new_map(self.tmp / f"scan{self.rounds}.db", self.box)
         try:
-            assert Scanner(fresh, self.box, "rig", ScanOptions()).run().status == "completed"
+            fresh_scan = Scanner(fresh, self.box, "rig", ScanOptions()).run()
+            assert fresh_scan.status == "completed", fresh_scan.errors
             diff = differences(self.store, fresh, "rig")
         finally:
             fresh.close()

@@ -48,12 +48,17 @@ def build(conn: openstack.connection.Connection, topo: Topology) -> Topology:
     """Create the topology, recording each id in ``topo`` as soon as it exists (for cleanup on failure)."""
     p = topo.prefix
     net = conn.network
-    ext = net.create_network(name=f"{p}-ext", is_router_external=True, provider_network_type="flat",
-                             provider_physical_network="physnet1")
-    topo.add("network", ext.id)
-    ext_sub = net.create_subnet(name=f"{p}-ext-sub", network_id=ext.id, ip_version=4, cidr="203.0.113.0/24",
-                                is_dhcp_enabled=False)
-    topo.add("subnet", ext_sub.id)
+    # the rig has one flat physical network: share an external network someone already made
+    ext = next(iter(net.networks(is_router_external=True)), None)
+    if ext is None:
+        ext = net.create_network(name=f"{p}-ext", is_router_external=True, provider_network_type="flat",
+                                 provider_physical_network="physnet1")
+        topo.add("network", ext.id)
+        ext_sub = net.create_subnet(name=f"{p}-ext-sub", network_id=ext.id, ip_version=4,
+                                    cidr="203.0.113.0/24", is_dhcp_enabled=False)
+        topo.add("subnet", ext_sub.id)
+    else:
+        topo.add("shared_network", ext.id)
     router = net.create_router(name=f"{p}-router", external_gateway_info={"network_id": ext.id})
     topo.add("router", router.id)
     sg = net.create_security_group(name=f"{p}-sg")
@@ -111,7 +116,7 @@ def delete_half(conn: openstack.connection.Connection, topo: Topology) -> dict[s
     conn.compute.delete_server(both)
     conn.compute.wait_for_delete(conn.compute.get_server(both), wait=120)
     removed["instance"].append(both)
-    net1, sub1 = topo.ids["network"][1], topo.ids["subnet"][1]
+    net1, sub1 = topo.ids["network"][-2], topo.ids["subnet"][-2]  # the first of the two internal networks
     router = net.get_router(topo.ids["router"][0])
     net.remove_interface_from_router(router, subnet_id=sub1)
     for port in net.ports(network_id=net1):

@@ -39,7 +39,7 @@ configuration:
 def run(*args: str, stdin: str | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     full_env = dict(os.environ)
     full_env.update(env or {})
-    return subprocess.run([sys.executable, "-m", "stackmap.cli", *args], input=stdin, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "stackmap", *args], input=stdin, capture_output=True,
                           text=True, env=full_env, timeout=60)
 
 

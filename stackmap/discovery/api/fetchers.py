@@ -285,6 +285,12 @@ class ApiImages(Fetcher):
 # per-project resources (regional collections placed under the global project)
 
 
+def project_of(raw: dict[str, Any]) -> str | None:
+    """The owning project of an API item, whatever the service calls that field."""
+    return raw.get("project_id") or raw.get("tenant_id") or raw.get("os-vol-tenant-attr:tenant_id") or \
+        raw.get("os-extended-snapshot-attributes:project_id") or raw.get("owner")
+
+
 class _ProjectScoped(Fetcher):
     """Lists a regional collection in every region and files each item under its project's folder."""
 
@@ -299,8 +305,7 @@ class _ProjectScoped(Fetcher):
         folders = _by_folder(parents)  # project id -> folder
         out = []
         for region, raw in ctx.cache.all_regions(self.source):
-            project = raw.get("project_id") or raw.get("tenant_id") or raw.get(
-                "os-vol-tenant-attr:tenant_id") or raw.get("owner")
+            project = project_of(raw)
             folder = folders.get(project or "")
             if folder is None:
                 continue

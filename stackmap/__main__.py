@@ -1,0 +1,5 @@
+"""``python -m stackmap``: the same command as the ``stackmap`` console script."""
+
+from stackmap.cli import main
+
+main()
