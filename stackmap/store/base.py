@@ -10,7 +10,9 @@ Conventions every adapter keeps:
   ``(environment, link_type, source_id, target_id)``, cliques by ``(environment, focal_point)``;
 - ``upsert_*`` writes only what changed (an object's ``last_scanned`` alone is not a change), and
   returns how many documents it wrote, so an unchanged rescan writes nothing;
-- removing objects also removes the links that touch them and the cliques focused on them.
+- removing objects also removes the links that touch them and the cliques focused on them;
+- the monitoring fields (``MONITOR_FIELDS``) belong to the monitor handler: an upsert from a scan or
+  an event neither removes nor compares them, so a rescan keeps every object's check status.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 
 Doc = dict[str, Any]
 LinkKey = tuple[str, str, str]  # (link_type, source_id, target_id)
+MONITOR_FIELDS = frozenset({"status", "status_value", "status_text", "status_timestamp"})
 
 
 class Store(abc.ABC):

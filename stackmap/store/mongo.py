@@ -37,6 +37,7 @@ from stackmap.errors import DuplicateError, NotFound, StoreError, StoreUnavailab
 from stackmap.store.base import (
     INVENTORY_REQUIRED,
     LINK_REQUIRED,
+    MONITOR_FIELDS,
     Doc,
     LinkKey,
     Store,
@@ -372,19 +373,21 @@ class MongoStore(Store):
             for field in key_fields:
                 query[field] = {"$in": sorted({doc[field] for doc in batch})}
             with self._op():
-                stored = {
-                    tuple(raw[f] for f in key_fields): _canon(
-                        {k: v for k, v in raw.items() if k != ignore and k != "_id"}
-                    )
-                    for raw in self._db[collection].find(query)
-                }
+                stored: dict[tuple[Any, ...], Any] = {}
+                monitored: dict[tuple[Any, ...], Doc] = {}
+                for raw in self._db[collection].find(query):
+                    key = tuple(raw[f] for f in key_fields)
+                    stored[key] = _canon({k: v for k, v in raw.items()
+                                          if k != ignore and k != "_id" and k not in MONITOR_FIELDS})
+                    monitored[key] = {k: v for k, v in raw.items() if k in MONITOR_FIELDS}
             pending: dict[tuple[Any, ...], Doc] = {}
             for doc in batch:
                 key = tuple(doc[f] for f in key_fields)
+                doc = {k: v for k, v in doc.items() if k not in MONITOR_FIELDS}
                 canon = _canon({k: v for k, v in doc.items() if k != ignore})
                 if stored.get(key) != canon:
                     stored[key] = canon
-                    pending[key] = doc
+                    pending[key] = {**doc, **monitored.get(key, {})}  # the monitor's fields survive a rescan
                     written += 1
             with self._op():
                 self._replace_many(collection, [

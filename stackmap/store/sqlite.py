@@ -21,6 +21,7 @@ from stackmap.errors import DuplicateError, NotFound, StoreError, StoreUnavailab
 from stackmap.store.base import (
     INVENTORY_REQUIRED,
     LINK_REQUIRED,
+    MONITOR_FIELDS,
     Doc,
     LinkKey,
     Store,
@@ -107,6 +108,10 @@ class SqliteStore(Store):
             cur.execute(
                 "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
             )
+            for table in ("inventory", "links"):  # monitoring status lives beside the document it annotates
+                columns = {row[1] for row in cur.execute(f"PRAGMA table_info({table})").fetchall()}
+                if "monitor" not in columns:
+                    cur.execute(f"ALTER TABLE {table} ADD COLUMN monitor TEXT")
 
     # -- plumbing ----------------------------------------------------------------------------------
     @contextmanager
@@ -192,7 +197,7 @@ class SqliteStore(Store):
         for doc in docs:
             # The hot path of every scan: one pass builds the row, the body leaves last_scanned out so
             # that an object whose only difference is its scan time compares equal and is not written.
-            body = {key: value for key, value in doc.items() if key != "last_scanned"}
+            body = {key: value for key, value in doc.items() if key != "last_scanned" and key not in MONITOR_FIELDS}
             body["environment"] = environment
             oid, otype = body.get("id"), body.get("type")
             if not (oid and otype and isinstance(oid, str) and isinstance(otype, str)):
@@ -218,12 +223,14 @@ class SqliteStore(Store):
         doc: Doc = loads(row[0])
         if row[1] is not None:
             doc["last_scanned"] = parse_iso(row[1])
+        if len(row) > 2 and row[2] is not None:
+            doc.update(loads(row[2]))
         return doc
 
     def get_object(self, environment: str, object_id: str) -> Doc | None:
         rows = self._read(
-            "SELECT doc, last_scanned FROM inventory WHERE environment = ? AND id = ?", (environment, object_id)
-        )
+            "SELECT doc, last_scanned, monitor FROM inventory WHERE environment = ? AND id = ?",
+            (environment, object_id))
         return self._object(rows[0]) if rows else None
 
     def find_objects(
@@ -250,14 +257,14 @@ class SqliteStore(Store):
             prefix = under.rstrip("/")
             where.append("(id_path = ? OR (id_path >= ? AND id_path < ?))")
             params += [prefix, prefix + "/", prefix + "0"]
-        sql = f"SELECT doc, last_scanned FROM inventory WHERE {' AND '.join(where)} ORDER BY id_path, id"
+        sql = f"SELECT doc, last_scanned, monitor FROM inventory WHERE {' AND '.join(where)} ORDER BY id_path, id"
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
         return [self._object(row) for row in self._read(sql, params)]
 
     def update_object(self, environment: str, object_id: str, changes: Mapping[str, Any]) -> bool:
         with self._write() as cur:
-            row = cur.execute("SELECT doc, last_scanned FROM inventory WHERE environment = ? AND id = ?",
+            row = cur.execute("SELECT doc, last_scanned, monitor FROM inventory WHERE environment = ? AND id = ?",
                               (environment, object_id)).fetchone()
             if row is None:
                 return False
@@ -265,11 +272,13 @@ class SqliteStore(Store):
             doc.update(changes)
             doc["id"] = object_id
             scanned = doc.pop("last_scanned", None)
+            monitor = {k: doc.pop(k) for k in list(doc) if k in MONITOR_FIELDS}
             cur.execute(
-                "UPDATE inventory SET type = ?, parent_id = ?, id_path = ?, last_scanned = ?, doc = ? "
+                "UPDATE inventory SET type = ?, parent_id = ?, id_path = ?, last_scanned = ?, doc = ?, monitor = ? "
                 "WHERE environment = ? AND id = ?",
                 (doc["type"], doc.get("parent_id"), doc.get("id_path") or "",
-                 iso(scanned) if scanned is not None else None, dumps(doc), environment, object_id))
+                 iso(scanned) if scanned is not None else None, dumps(doc), dumps(monitor) if monitor else None,
+                 environment, object_id))
             return True
 
     def object_ids(self, environment: str, types: Iterable[str] | None = None) -> set[str]:
@@ -327,7 +336,7 @@ class SqliteStore(Store):
         rows = []
         for doc in docs:
             check_keys(doc, LINK_REQUIRED, "link")
-            body = dict(doc)
+            body = {key: value for key, value in doc.items() if key not in MONITOR_FIELDS}
             body["environment"] = environment
             rows.append((environment, body["link_type"], body["source_id"], body["target_id"], dumps(body)))
         if not rows:
@@ -367,20 +376,29 @@ class SqliteStore(Store):
             id_json = _idlist(touching)
             where.append(f"(source_id IN {_IDS} OR target_id IN {_IDS})")
             params += [id_json, id_json]
-        return self._docs(
-            f"SELECT doc FROM links WHERE {' AND '.join(where)} ORDER BY link_type, source_id, target_id", params
-        )
+        return [self._link(row) for row in self._read(
+            f"SELECT doc, monitor FROM links WHERE {' AND '.join(where)} ORDER BY link_type, source_id, target_id",
+            params)]
+
+    @staticmethod
+    def _link(row: tuple[Any, ...]) -> Doc:
+        doc: Doc = loads(row[0])
+        if row[1] is not None:
+            doc.update(loads(row[1]))
+        return doc
 
     def update_link(self, environment: str, key: LinkKey, changes: Mapping[str, Any]) -> bool:
         where = "environment = ? AND link_type = ? AND source_id = ? AND target_id = ?"
         with self._write() as cur:
-            row = cur.execute(f"SELECT doc FROM links WHERE {where}", (environment, *key)).fetchone()
+            row = cur.execute(f"SELECT doc, monitor FROM links WHERE {where}", (environment, *key)).fetchone()
             if row is None:
                 return False
-            doc = loads(row[0])
+            doc = self._link(row)
             doc.update(changes)
             doc.update(link_type=key[0], source_id=key[1], target_id=key[2])
-            cur.execute(f"UPDATE links SET doc = ? WHERE {where}", (dumps(doc), environment, *key))
+            monitor = {k: doc.pop(k) for k in list(doc) if k in MONITOR_FIELDS}
+            cur.execute(f"UPDATE links SET doc = ?, monitor = ? WHERE {where}",
+                        (dumps(doc), dumps(monitor) if monitor else None, environment, *key))
             return True
 
     def link_keys(self, environment: str, link_types: Iterable[str] | None = None) -> set[LinkKey]:

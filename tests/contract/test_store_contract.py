@@ -343,3 +343,23 @@ def test_update_scheduled_scan_is_compare_and_set(store: Store) -> None:
     assert store.list_scheduled_scans(ENV)[0]["scheduled_timestamp"] == later
     assert store.update_scheduled_scan("a", {"last_run": later})
     assert not store.update_scheduled_scan("zz", {"last_run": later})
+
+
+def test_monitoring_status_survives_rescans_and_is_not_a_change(store: Store) -> None:
+    store.upsert_objects(ENV, tree())
+    store.upsert_links(ENV, [link("instance-vnic", "i1", "v1")])
+    store.update_object(ENV, "v1", {"status": "Critical", "status_value": 2, "status_text": "down",
+                                    "status_timestamp": T0})
+    store.update_link(ENV, ("instance-vnic", "i1", "v1"), {"status": "OK", "status_value": 0})
+    # a rescan brings the same documents without the monitor's fields: nothing to write, nothing lost
+    assert store.upsert_objects(ENV, tree()) == 0
+    assert store.upsert_links(ENV, [link("instance-vnic", "i1", "v1")]) == 0
+    assert store.get_object(ENV, "v1")["status"] == "Critical"
+    assert store.find_links(ENV)[0]["status"] == "OK"
+    # a real change is written and still keeps the status
+    changed = tree()
+    changed[4]["mac_address"] = "fa:16:3e:00:00:99"
+    assert store.upsert_objects(ENV, changed) == 1
+    got = store.get_object(ENV, "v1")
+    assert got["mac_address"] == "fa:16:3e:00:00:99" and got["status_value"] == 2 and got["status_timestamp"] == T0
+    assert [o["status"] for o in store.find_objects(ENV, ids=["v1"])] == ["Critical"]
