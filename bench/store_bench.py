@@ -90,7 +90,7 @@ def bench(store: Store, n: int, batch: int, finds: int) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--objects", type=int, default=100_000)
-    parser.add_argument("--batch", type=int, default=5_000)
+    parser.add_argument("--batch", type=int, default=20_000)
     parser.add_argument("--finds", type=int, default=10_000)
     parser.add_argument("--mongomock", action="store_true", help="also run against mongomock (slow; reference)")
     parser.add_argument("--mongomock-objects", type=int, default=10_000)

@@ -237,7 +237,7 @@ class MapUpdater:
         """A renamed object's descendants carry its name in their name_path, as a scan would write them."""
         old_prefix, new_prefix = old["name_path"] + "/", new["name_path"] + "/"
         moved = []
-        for desc in self.store.find_objects(self.environment, under=new["id_path"]):
+        for desc in self.store.find_objects(self.environment, under=new["id"]):
             if desc["id"] != new["id"] and str(desc.get("name_path", "")).startswith(old_prefix):
                 moved.append(dict(desc, name_path=new_prefix + desc["name_path"][len(old_prefix):]))
         return self.store.upsert_objects(self.environment, moved) if moved else 0

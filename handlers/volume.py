@@ -9,7 +9,6 @@ from handlers.base import EventBase, EventResult
 from handlers.envelope import Notification
 from stackmap.discovery.api import resources as R
 
-
 # statuses cinder passes through; an ".end" event can arrive while the API still shows one of them
 TRANSITIONAL = frozenset({"creating", "attaching", "detaching", "deleting", "extending", "downloading",
                           "uploading", "reserved", "backing-up", "restoring-backup", "retyping", "maintenance",

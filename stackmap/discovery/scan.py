@@ -320,7 +320,7 @@ class Scanner:
             raise NotFound(f"the parent of {object_id!r} is not in the store; run a full scan")
         for name, entries in scanners.scanners.items():
             if any(e.type == target["type"] for e in entries):
-                return name, [parent], {object_id}, target["id_path"]
+                return name, [parent], {object_id}, target["id"]
         raise StackmapError(f"no scanner entry produces objects of type {target['type']!r}")
 
     # -- links -------------------------------------------------------------------------------------

@@ -88,7 +88,8 @@ class Store(abc.ABC):
         under: str | None = None,
         limit: int | None = None,
     ) -> list[Doc]:
-        """Objects matching every given filter, ordered by id_path; ``under`` is an id_path prefix."""
+        """Objects matching every given filter, ordered by id_path; ``under`` is an object id: that
+        object and its whole subtree (none if the object does not exist)."""
 
     @abc.abstractmethod
     def update_object(self, environment: str, object_id: str, changes: Mapping[str, Any]) -> bool:

@@ -434,8 +434,12 @@ class MongoStore(Store):
             query["parent_id"] = parent_id
         if ids is not None:
             query["id"] = {"$in": list(ids)}
-        prefix = None if under is None else under.rstrip("/")
-        if prefix is not None:
+        prefix = None
+        if under is not None:
+            root = self._one(INVENTORY, {"environment": environment, "id": under})
+            if root is None:
+                return []
+            prefix = str(root.get("id_path") or "").rstrip("/")
             query.update(self._under(prefix))
         count = _limit(limit)
         # SQLite sorts an object without id_path as if it were '' (then by id), MongoDB sorts a missing

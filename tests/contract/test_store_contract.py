@@ -122,7 +122,9 @@ def test_find_objects_filters(store: Store) -> None:
     assert [o["id"] for o in store.find_objects(ENV, type="instance")] == ["i1", "i2", "i10"]  # by id_path
     assert [o["id"] for o in store.find_objects(ENV, parent_id="h1")] == ["i1", "i2"]
     assert [o["id"] for o in store.find_objects(ENV, ids=["i2", "v1", "zz"])] == ["v1", "i2"]
-    assert [o["id"] for o in store.find_objects(ENV, under="/lab/r1/h1")] == ["h1", "i1", "v1", "i2"]
+    assert [o["id"] for o in store.find_objects(ENV, under="h1")] == ["h1", "i1", "v1", "i2"]
+    assert [o["id"] for o in store.find_objects(ENV, under="h1", type="instance")] == ["i1", "i2"]
+    assert store.find_objects(ENV, under="nope") == []
     assert [o["id"] for o in store.find_objects(ENV, type="instance", parent_id="h10")] == ["i10"]
     assert len(store.find_objects(ENV, limit=2)) == 2
     assert store.find_objects("other-env") == []
