@@ -247,7 +247,7 @@ def inventory(app: App, environment: str, otype: str | None, parent: str | None,
         root = app.store.get_object(environment, parent) if parent else None
         if parent and root is None:
             raise NotFound(f"no object {parent!r} in environment {environment}")
-        objs = app.store.find_objects(environment, under=root["id_path"] if root else None)
+        objs = app.store.find_objects(environment, under=root["id"] if root else None)
         Console(soft_wrap=True).print(inventory_tree(environment, objs, root_id=parent))
         return
     objs = app.store.find_objects(environment, type=otype, parent_id=parent, limit=limit)
@@ -324,7 +324,9 @@ def messages(app: App, environment: str, level: str | None, limit: int, as_json:
 
 def _register_commands() -> None:
     """Commands living in their own modules attach themselves to ``cli`` when imported."""
+    import stackmap.cli_monitoring
     import stackmap.cli_scan  # noqa: F401
+    from stackmap import cli_scans  # noqa: F401
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 from collections import Counter
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -78,14 +80,32 @@ def run_foreground_scan(app: App, environment: str, options: ScanOptions, *, as_
     store = app.store
     env_model = load_environment(store, environment)
     console = Console(stderr=True)
-    scan = Scan(environment=environment, status=ScanStatus.RUNNING, owner=f"cli:{os.getpid()}",
-                start_timestamp=utcnow(), clear=options.clear, object_id=options.object_id,
+    owner = f"cli:{os.getpid()}"
+    lease_s = app.settings.scan_manager.lease_s
+    scan = Scan(environment=environment, status=ScanStatus.RUNNING, owner=owner, start_timestamp=utcnow(),
+                lease_expires=utcnow() + timedelta(seconds=lease_s), clear=options.clear,
+                object_id=options.object_id, resource_types=options.resource_types,
                 scan_only_inventory=options.inventory_only, scan_only_links=options.links_only,
                 scan_only_cliques=options.cliques_only)
     store.submit_scan(scan.to_doc())
     adapter = make_adapter(env_model, record_to)
-    with RichProgress(console) as progress:
-        summary = Scanner(store, app.box, environment, options, progress=progress, adapter=adapter).run()
+    # Renew the lease like a scan manager does, so if this process is killed the managers see the
+    # lease expire and mark the scan failed instead of leaving it "running" forever.
+    stop = threading.Event()
+
+    def renew() -> None:
+        while not stop.wait(max(1.0, lease_s / 3)):
+            store.update_scan(scan.id, {"lease_expires": utcnow() + timedelta(seconds=lease_s)},
+                              expect_status=ScanStatus.RUNNING.value, expect_owner=owner)
+
+    renewer = threading.Thread(target=renew, name="lease-renewal", daemon=True)
+    renewer.start()
+    try:
+        with RichProgress(console) as progress:
+            summary = Scanner(store, app.box, environment, options, progress=progress, adapter=adapter).run()
+    finally:
+        stop.set()
+        renewer.join(timeout=5)
     store.update_scan(scan.id, {"status": summary.status, "end_timestamp": utcnow(),
                                 "summary": summary.as_dict(), "error": "; ".join(summary.errors[:5]) or None})
     if record_to is not None and isinstance(adapter, RecordingAdapter):
@@ -118,14 +138,40 @@ def exit_for(summary: ScanSummary) -> None:
 @click.option("--cliques-only", is_flag=True, help="Only recompute cliques from the stored links.")
 @click.option("--clear", is_flag=True, help="Delete the environment's map before scanning.")
 @click.option("--object-id", help="Rescan only this object and its subtree.")
+@click.option("--types", "types", help="Sync only these resource types (comma-separated, e.g. instance,port); "
+              "objects of other types are neither written nor deleted.")
 @click.option("--scanners-file", help="Use this scanners.json instead of the shipped one.")
+@click.option("--queue", is_flag=True, help="Queue the scan for stackmap-scan-manager and print its id.")
+@click.option("--wait", is_flag=True, help="Queue the scan and follow it to its end (implies --queue).")
+@click.option("--wait-timeout", type=float, default=None, help="With --wait: give up following after this many s.")
 @json_option
 @pass_app
 def scan(app: App, environment: str, inventory_only: bool, links_only: bool, cliques_only: bool, clear: bool,
-         object_id: str | None, scanners_file: str | None, as_json: bool) -> None:
-    """Scan ENVIRONMENT now, in the foreground: inventory, links, cliques."""
+         object_id: str | None, types: str | None, scanners_file: str | None, queue: bool, wait: bool,
+         wait_timeout: float | None, as_json: bool) -> None:
+    """Scan ENVIRONMENT: inventory, links, cliques; in the foreground, or queued (--queue, --wait)."""
+    from stackmap.cli_scans import parse_types
+
     options = ScanOptions(inventory_only=inventory_only, links_only=links_only, cliques_only=cliques_only,
-                          clear=clear, object_id=object_id, scanners_file=scanners_file)
+                          clear=clear, object_id=object_id, scanners_file=scanners_file,
+                          resource_types=parse_types(types))
+    if queue or wait:
+        from daemons.scan_manager.jobs import submit
+        from stackmap.cli_scans import follow_scan, report_followed
+
+        if scanners_file:
+            raise click.UsageError("--scanners-file applies to foreground scans only")
+        doc = submit(app.store, environment, options)
+        if not wait:
+            if as_json:
+                emit_json({"id": doc["id"], "environment": environment, "status": doc["status"]})
+            else:
+                click.echo(doc["id"])
+            return
+        if not as_json:
+            click.echo(f"queued scan {doc['id']}", err=True)
+        report_followed(follow_scan(app, doc["id"], timeout_s=wait_timeout), as_json)
+        return
     exit_for(run_foreground_scan(app, environment, options, as_json=as_json))
 
 

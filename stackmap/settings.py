@@ -13,7 +13,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -42,6 +42,95 @@ class DaemonSettings(BaseModel):
         return value
 
 
+class ScanManagerSettings(DaemonSettings):
+    """The scan manager's knobs (``[scan_manager]`` / ``STACKMAP_SCAN_MANAGER__*``; README "Scan manager").
+
+    A claimed scan carries a lease of ``lease_s`` that its manager renews about three times per
+    lease while the scan runs; a scan whose lease ran out (its manager was killed) is taken back by
+    any manager and re-queued, up to ``max_attempts`` runs in all, then failed with the reason.
+    """
+
+    metrics_addr: str = "127.0.0.1:9310"
+    poll_interval_s: float = Field(default=2.0, ge=0.05,
+                                   description="how often the queue and the schedules are read")
+    lease_s: float = Field(default=60.0, ge=1.0, description="how long a claim lasts without renewal")
+    scan_timeout_s: float = Field(default=3600.0, gt=0, description="a scan running longer is stopped and failed")
+    max_attempts: int = Field(default=3, ge=1, description="runs of one scan (first + re-queues after lost leases)")
+    stop_grace_s: float = Field(default=30.0, ge=0, description="on SIGTERM, wait this long for the running scan "
+                                "to finish before stopping it and putting it back in the queue")
+    schedules: bool = Field(default=True, description="turn due scheduled_scans into scan requests")
+    store_retry_max_s: float = Field(default=30.0, gt=0,
+                                     description="longest wait between tries while the store is down")
+    metrics_refresh_s: float = Field(default=60.0, gt=0,
+                                     description="how often object counts are re-read for /metrics")
+    worker_start_method: Literal["forkserver", "spawn"] = Field(
+        default="forkserver", description="how scan processes start: forkserver (preloaded, fast) or spawn")
+
+
+class MonitorHandlerSettings(DaemonSettings):
+    """The monitor handler's knobs (``[monitor_handler]`` / ``STACKMAP_MONITOR_HANDLER__*``).
+
+    The broker is normally derived from the environments' ``Monitoring`` sections; ``broker_url``
+    overrides that (it may hold a password, hence a secret type: it is never printed or logged).
+    The handler binds its *own* durable queue to Sensu's ``results`` exchange, so it never competes
+    with a Sensu server for the ``results`` queue, and bounds that queue (TTL, length) so that a
+    stopped handler cannot fill the broker.
+    """
+
+    metrics_addr: str = "127.0.0.1:9312"
+    broker_url: SecretStr | None = None
+    environments: list[str] = Field(default_factory=list)
+    rabbitmq_vhost: str = "/sensu"
+    exchange: str = "results"
+    queue: str = "stackmap.monitor.results"
+    dead_letter_exchange: str = "stackmap.monitor.dead"
+    queue_message_ttl_s: float = Field(default=600.0, gt=0)
+    queue_max_length: int = Field(default=200_000, gt=0)
+    prefetch: int = Field(default=2000, ge=1, le=65535)
+    batch_size: int = Field(default=500, ge=1)
+    batch_timeout_s: float = Field(default=0.2, gt=0)
+    max_message_bytes: int = Field(default=1_048_576, ge=1024)
+    status_text_limit: int = Field(default=4096, ge=64)
+    last_seen_flush_s: float = Field(default=300.0, gt=0)
+    derived_link_types: list[str] = Field(default_factory=lambda: ["vedge-host_pnic"])
+    connect_max_retries: int | None = None
+
+
+class EventManagerSettings(DaemonSettings):
+    """The event manager and its listeners (one per environment; see README "Event manager").
+
+    The queue bounds exist so that a long listener outage cannot fill the broker: RabbitMQ drops
+    the oldest messages past ``queue_max_length`` or ``queue_message_ttl_s`` (a full scan catches the
+    map up afterwards). Queue arguments are fixed when a queue is first declared: changing these
+    later needs the queue deleted (or a RabbitMQ policy) to take effect.
+    """
+
+    # the class default, not only the field default below: a partial [event_manager] table or a single
+    # STACKMAP_EVENT_MANAGER__* variable builds this model from scratch
+    metrics_addr: str = "127.0.0.1:9311"
+    broker_url: SecretStr | None = Field(
+        default=None, description="amqp://... used instead of each environment's AMQP section (tests, one broker)")
+    prefetch: int = Field(default=500, ge=1, le=65535)
+    batch_size: int = Field(default=200, ge=1, description="acknowledge after this many messages, with one ack")
+    batch_max_delay_ms: int = Field(default=20, ge=0, description="...or after this long, whichever is first")
+    retry_limit: int = Field(default=10, ge=0, description="attempts after the first, then dead-lettered")
+    retry_delay_s: float = Field(default=1.0, gt=0, description="delay before the first retry; doubles per attempt")
+    retry_delay_max_s: float = Field(default=60.0, gt=0)
+    # queue bounds; 0 means none
+    queue_message_ttl_s: int = Field(default=86400, ge=0)
+    queue_max_length: int = Field(default=100_000, ge=0)
+    queue_expires_s: int = Field(default=7 * 86400, ge=0, description="delete the queue after this long unused")
+    dead_letter_max_length: int = Field(default=100_000, ge=0)
+    heartbeat_s: int = Field(default=60, ge=0, description="AMQP heartbeat; one handler call must not take 2x this")
+    connect_timeout_s: float = Field(default=10.0, gt=0)
+    reconnect_delay_max_s: float = Field(default=30.0, gt=0)
+    store_busy_timeout_s: float = Field(default=5.0, gt=0, description="how long one SQLite write waits for its lock")
+    store_retry_max_s: float = Field(default=30.0, gt=0, description="longest wait between tries, store down")
+    poll_interval_s: float = Field(default=5.0, gt=0, description="how often environments are re-read")
+    restart_delay_max_s: float = Field(default=60.0, gt=0, description="longest wait before restarting a listener")
+    stall_timeout_s: float = Field(default=120.0, gt=0, description="a listener silent this long is restarted")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="STACKMAP_",
@@ -54,9 +143,9 @@ class Settings(BaseSettings):
     secret_key_file: Path = Field(default_factory=paths.default_secret_key_file)
     log_level: LogLevel = "INFO"
     log_format: LogFormat = "auto"
-    scan_manager: DaemonSettings = DaemonSettings(metrics_addr="127.0.0.1:9310")
-    event_manager: DaemonSettings = DaemonSettings(metrics_addr="127.0.0.1:9311")
-    monitor_handler: DaemonSettings = DaemonSettings(metrics_addr="127.0.0.1:9312")
+    scan_manager: ScanManagerSettings = ScanManagerSettings()
+    event_manager: EventManagerSettings = EventManagerSettings(metrics_addr="127.0.0.1:9311")
+    monitor_handler: MonitorHandlerSettings = MonitorHandlerSettings()
 
     @field_validator("store_url")
     @classmethod

@@ -24,7 +24,7 @@ from typing import Any
 
 Doc = dict[str, Any]
 LinkKey = tuple[str, str, str]  # (link_type, source_id, target_id)
-MONITOR_FIELDS = frozenset({"status", "status_value", "status_text", "status_timestamp"})
+MONITOR_FIELDS = frozenset({"status", "status_value", "status_text", "status_timestamp", "status_last_seen"})
 
 
 class Store(abc.ABC):

@@ -97,8 +97,9 @@ def test_network_subnet_port_router_fip_sg_events(harness: Harness, conn: Any) -
                                                              security_group_ids=[made["sg"].id]),
                                      {"port.create.end"})
         harness.after(lambda: net.update_port(made["port"], name=f"{p}-port2"), {"port.update.end"})
+        # a VLAN external network: the rig's one flat network may be taken by another test
         made["ext"] = harness.after(lambda: net.create_network(
-            name=f"{p}-ext", is_router_external=True, provider_network_type="flat",
+            name=f"{p}-ext", is_router_external=True, provider_network_type="vlan",
             provider_physical_network="physnet1"), {"network.create.end"})
         made["extsub"] = harness.after(lambda: net.create_subnet(
             name=f"{p}-extsub", network_id=made["ext"].id, ip_version=4, cidr="198.18.0.0/24",

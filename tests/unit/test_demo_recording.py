@@ -9,8 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from stackmap.discovery.scan import Scanner, ScanOptions
 from stackmap.discovery.api.transport import RecordingAdapter
+from stackmap.discovery.scan import Scanner, ScanOptions
 from stackmap.environments import add_environment
 from stackmap.model import EnvironmentConfig
 from stackmap.paths import defaults_dir
