@@ -12,7 +12,10 @@ Conventions every adapter keeps:
   returns how many documents it wrote, so an unchanged rescan writes nothing;
 - removing objects also removes the links that touch them and the cliques focused on them;
 - the monitoring fields (``MONITOR_FIELDS``) belong to the monitor handler: an upsert from a scan or
-  an event neither removes nor compares them, so a rescan keeps every object's check status.
+  an event neither removes nor compares them, so a rescan keeps every object's check status. The
+  ``status`` label is shared with the OpenStack APIs (a port's or an instance's own status): where the
+  API gives one, the upserted value is the document's ``status``; where it does not (vEdges, pNICs,
+  vServices, links...), the monitor's label is kept across rescans like the other fields.
 """
 
 from __future__ import annotations
@@ -24,7 +27,9 @@ from typing import Any
 
 Doc = dict[str, Any]
 LinkKey = tuple[str, str, str]  # (link_type, source_id, target_id)
-MONITOR_FIELDS = frozenset({"status", "status_value", "status_text", "status_timestamp", "status_last_seen"})
+MONITOR_FIELDS = frozenset({"status_value", "status_text", "status_timestamp", "status_last_seen"})
+MONITOR_STATUS = "status"  # the label, shared with API statuses (see the module docstring)
+MONITOR_LABELS = ("OK", "Warning", "Critical", "Unknown")  # never an OpenStack API status
 
 
 class Store(abc.ABC):

@@ -38,6 +38,8 @@ from stackmap.store.base import (
     INVENTORY_REQUIRED,
     LINK_REQUIRED,
     MONITOR_FIELDS,
+    MONITOR_LABELS,
+    MONITOR_STATUS,
     Doc,
     LinkKey,
     Store,
@@ -373,21 +375,24 @@ class MongoStore(Store):
             for field in key_fields:
                 query[field] = {"$in": sorted({doc[field] for doc in batch})}
             with self._op():
-                stored: dict[tuple[Any, ...], Any] = {}
-                monitored: dict[tuple[Any, ...], Doc] = {}
+                existing: dict[tuple[Any, ...], Doc] = {}
                 for raw in self._db[collection].find(query):
-                    key = tuple(raw[f] for f in key_fields)
-                    stored[key] = _canon({k: v for k, v in raw.items()
-                                          if k != ignore and k != "_id" and k not in MONITOR_FIELDS})
-                    monitored[key] = {k: v for k, v in raw.items() if k in MONITOR_FIELDS}
+                    existing[tuple(raw[f] for f in key_fields)] = raw
+            seen: dict[tuple[Any, ...], Any] = {}
             pending: dict[tuple[Any, ...], Doc] = {}
             for doc in batch:
                 key = tuple(doc[f] for f in key_fields)
                 doc = {k: v for k, v in doc.items() if k not in MONITOR_FIELDS}
+                old = existing.get(key, {})
+                # the monitor's fields, and its status label where the document brings no status of its own
+                kept = {k: v for k, v in old.items()
+                        if k in MONITOR_FIELDS or (k == MONITOR_STATUS and k not in doc)}
                 canon = _canon({k: v for k, v in doc.items() if k != ignore})
-                if stored.get(key) != canon:
-                    stored[key] = canon
-                    pending[key] = {**doc, **monitored.get(key, {})}  # the monitor's fields survive a rescan
+                before = seen[key] if key in seen else (_canon(
+                    {k: v for k, v in old.items() if k not in kept and k not in (ignore, "_id")}) if old else None)
+                if before != canon:
+                    seen[key] = canon
+                    pending[key] = {**doc, **kept}
                     written += 1
             with self._op():
                 self._replace_many(collection, [
@@ -463,7 +468,19 @@ class MongoStore(Store):
 
     def update_object(self, environment: str, object_id: str, changes: Mapping[str, Any]) -> bool:
         fields = {k: v for k, v in changes.items() if k not in ("id", "environment")}
-        return self._set_fields(INVENTORY, {"environment": environment, "id": object_id}, fields)
+        return self._set_with_label(INVENTORY, {"environment": environment, "id": object_id}, fields)
+
+    def _set_with_label(self, collection: str, query: Doc, fields: Doc) -> bool:
+        """Set fields; the monitor's status label only where the document has no status of its own
+        (none yet, or an earlier monitor label): an API's status stays the document's."""
+        label_given = MONITOR_STATUS in fields
+        label = fields.pop(MONITOR_STATUS, None)
+        found = self._set_fields(collection, query, fields)
+        if found and label_given:
+            guarded = {**query, "$or": [{MONITOR_STATUS: {"$exists": False}},
+                                        {MONITOR_STATUS: {"$in": list(MONITOR_LABELS)}}]}
+            self._set_fields(collection, guarded, {MONITOR_STATUS: label})
+        return found
 
     def object_ids(self, environment: str, types: Iterable[str] | None = None) -> set[str]:
         query: Doc = {"environment": environment}
@@ -555,7 +572,7 @@ class MongoStore(Store):
     def update_link(self, environment: str, key: LinkKey, changes: Mapping[str, Any]) -> bool:
         fields = {k: v for k, v in changes.items() if k not in ("environment", "link_type", "source_id", "target_id")}
         query = {"environment": environment, "link_type": key[0], "source_id": key[1], "target_id": key[2]}
-        return self._set_fields(LINKS, query, fields)
+        return self._set_with_label(LINKS, query, fields)
 
     def link_keys(self, environment: str, link_types: Iterable[str] | None = None) -> set[LinkKey]:
         query: Doc = {"environment": environment}

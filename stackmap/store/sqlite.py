@@ -22,6 +22,7 @@ from stackmap.store.base import (
     INVENTORY_REQUIRED,
     LINK_REQUIRED,
     MONITOR_FIELDS,
+    MONITOR_STATUS,
     Doc,
     LinkKey,
     Store,
@@ -228,7 +229,7 @@ class SqliteStore(Store):
         if row[1] is not None:
             doc["last_scanned"] = parse_iso(row[1])
         if len(row) > 2 and row[2] is not None:
-            doc.update(loads(row[2]))
+            doc = {**loads(row[2]), **doc}  # the document's own (API) status wins over the monitor's label
         return doc
 
     def get_object(self, environment: str, object_id: str) -> Doc | None:
@@ -274,11 +275,12 @@ class SqliteStore(Store):
                               (environment, object_id)).fetchone()
             if row is None:
                 return False
-            doc = self._object(row)
-            doc.update(changes)
+            doc: Doc = loads(row[0])
+            monitor: Doc = loads(row[2]) if row[2] is not None else {}
+            scanned = parse_iso(row[1]) if row[1] is not None else None
+            scanned = changes.get("last_scanned", scanned)
+            self._split(doc, monitor, {k: v for k, v in changes.items() if k != "last_scanned"})
             doc["id"] = object_id
-            scanned = doc.pop("last_scanned", None)
-            monitor = {k: doc.pop(k) for k in list(doc) if k in MONITOR_FIELDS}
             cur.execute(
                 "UPDATE inventory SET type = ?, parent_id = ?, id_path = ?, last_scanned = ?, doc = ?, monitor = ? "
                 "WHERE environment = ? AND id = ?",
@@ -381,8 +383,18 @@ class SqliteStore(Store):
     def _link(row: tuple[Any, ...]) -> Doc:
         doc: Doc = loads(row[0])
         if row[1] is not None:
-            doc.update(loads(row[1]))
+            doc = {**loads(row[1]), **doc}
         return doc
+
+    @staticmethod
+    def _split(doc: Doc, monitor: Doc, changes: Mapping[str, Any]) -> None:
+        """Route field changes: the monitor's fields (and its status label) to its column, the rest to
+        the document; the label goes to the document only where the document has its own status."""
+        for key, value in changes.items():
+            if key in MONITOR_FIELDS or key == MONITOR_STATUS:
+                monitor[key] = value  # a document's own status still shows on reads: it is merged on top
+            else:
+                doc[key] = value
 
     def update_link(self, environment: str, key: LinkKey, changes: Mapping[str, Any]) -> bool:
         where = "environment = ? AND link_type = ? AND source_id = ? AND target_id = ?"
@@ -390,10 +402,10 @@ class SqliteStore(Store):
             row = cur.execute(f"SELECT doc, monitor FROM links WHERE {where}", (environment, *key)).fetchone()
             if row is None:
                 return False
-            doc = self._link(row)
-            doc.update(changes)
+            doc = loads(row[0])
+            monitor = loads(row[1]) if row[1] is not None else {}
+            self._split(doc, monitor, changes)
             doc.update(link_type=key[0], source_id=key[1], target_id=key[2])
-            monitor = {k: doc.pop(k) for k in list(doc) if k in MONITOR_FIELDS}
             cur.execute(f"UPDATE links SET doc = ?, monitor = ? WHERE {where}",
                         (dumps(doc), dumps(monitor) if monitor else None, environment, *key))
             return True

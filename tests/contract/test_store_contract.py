@@ -365,3 +365,15 @@ def test_monitoring_status_survives_rescans_and_is_not_a_change(store: Store) ->
     got = store.get_object(ENV, "v1")
     assert got["mac_address"] == "fa:16:3e:00:00:99" and got["status_value"] == 2 and got["status_timestamp"] == T0
     assert [o["status"] for o in store.find_objects(ENV, ids=["v1"])] == ["Critical"]
+
+
+def test_an_api_status_stays_the_documents_own(store: Store) -> None:
+    port = obj("p1", "port", "/lab/p1", status="ACTIVE")
+    store.upsert_objects(ENV, [port])
+    store.update_object(ENV, "p1", {"status": "Critical", "status_value": 2})
+    got = store.get_object(ENV, "p1")
+    assert got["status"] == "ACTIVE" and got["status_value"] == 2  # the API's status is not overwritten
+    assert store.upsert_objects(ENV, [port]) == 0
+    assert store.upsert_objects(ENV, [dict(port, status="DOWN")]) == 1  # an API status change is a change
+    got = store.get_object(ENV, "p1")
+    assert got["status"] == "DOWN" and got["status_value"] == 2
