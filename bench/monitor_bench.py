@@ -46,9 +46,11 @@ def seed(store: Store, objects: int) -> list[str]:
     ids = [f"host-{i // 2}-{'OVS' if i % 2 == 0 else 'pnic-eth0'}" for i in range(objects)]
     store.upsert_objects(ENV, [
         {"environment": ENV, "id": oid, "type": "vedge" if oid.endswith("OVS") else "host_pnic",
-         "id_path": f"/{ENV}/{oid}", "name": oid, "host": oid.rsplit("-", 1)[0],
-         "status": "OK", "status_value": 0, "status_text": "", "status_timestamp": old, "status_last_seen": old}
+         "id_path": f"/{ENV}/{oid}", "name": oid, "host": oid.rsplit("-", 1)[0]}
         for oid in ids])
+    for oid in ids:  # the monitor's fields are its own: written as the monitor writes them, not by a scan
+        store.update_object(ENV, oid, {"status": "OK", "status_value": 0, "status_text": "",
+                                       "status_timestamp": old, "status_last_seen": old})
     return ids
 
 
