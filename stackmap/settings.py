@@ -110,6 +110,9 @@ class EventManagerSettings(DaemonSettings):
     metrics_addr: str = "127.0.0.1:9311"
     broker_url: SecretStr | None = Field(
         default=None, description="amqp://... used instead of each environment's AMQP section (tests, one broker)")
+    trust_payloads: bool = Field(
+        default=False, description="place neutron objects from notification payloads instead of re-reading "
+        "them from the API: far faster, but fields only a payload carries can differ from a scan's")
     prefetch: int = Field(default=500, ge=1, le=65535)
     batch_size: int = Field(default=200, ge=1, description="acknowledge after this many messages, with one ack")
     batch_max_delay_ms: int = Field(default=20, ge=0, description="...or after this long, whichever is first")
