@@ -7,8 +7,8 @@ units run), otherwise the user's data directory (a first run as a normal user).
 
 from __future__ import annotations
 
+import importlib.util
 import os
-from importlib import resources
 from pathlib import Path
 
 import platformdirs
@@ -47,11 +47,22 @@ def defaults_dir() -> Path:
 
     Installed wheels carry it as ``stackmap.defaults``; a source checkout reads ``config/`` directly.
     """
-    try:
-        found = resources.files("stackmap.defaults")
-        path = Path(str(found))
-        if path.is_dir():
-            return path
-    except ModuleNotFoundError:
-        pass
+    installed = package_dir("stackmap.defaults")
+    if installed is not None:
+        return installed
     return Path(__file__).resolve().parent.parent / "config"
+
+
+def package_dir(name: str) -> Path | None:
+    """The directory of a package, including a namespace package (no ``__init__.py``, which is what
+    setuptools installs ``config/`` as): ``importlib.resources`` gives those a multiplexed path whose
+    ``str`` is not a directory, so the import system's own search location is used."""
+    try:
+        spec = importlib.util.find_spec(name)
+    except ModuleNotFoundError:
+        return None
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    for location in locations:
+        if Path(location).is_dir():
+            return Path(location)
+    return None
