@@ -10,7 +10,15 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
+from stackmap.logging import configure_logging
 from stackmap.store import Store, open_store
+
+
+@pytest.fixture(autouse=True)
+def _logging_to_the_current_stderr() -> None:
+    """structlog's unconfigured default keeps the sys.stdout of when it was imported, which under
+    pytest's capture is a file closed after that test: configure it the way every process does."""
+    configure_logging("INFO", "json")
 
 
 @pytest.fixture(autouse=True)
