@@ -107,16 +107,16 @@ class EventSink(Protocol):
     def handle(self, notification: Notification) -> EventResult: ...
 
 
-SinkFactory = Callable[[str, Store, SecretBox], EventSink]
+SinkFactory = Callable[[str, Store, SecretBox, Settings], EventSink]
 
 
-def handlers_sink(environment: str, store: Store, box: SecretBox) -> EventSink:
-    """The production sink: stackmap's handlers on this environment's map."""
+def handlers_sink(environment: str, store: Store, box: SecretBox, settings: Settings) -> EventSink:
+    """The production sink: stackmap's handlers on this environment's map. ``settings`` are the
+    listener's own (the daemon's ``--config`` included), not settings read again here."""
     from handlers.apply import MapUpdater
     from handlers.dispatch import Dispatcher
-    from stackmap.settings import load_settings
 
-    trust = load_settings().event_manager.trust_payloads
+    trust = settings.event_manager.trust_payloads
     return Dispatcher(MapUpdater(store, box, environment, trust_payloads=trust))
 
 
@@ -593,10 +593,12 @@ class Listener:
     def _pump(self, conn: kombu.Connection, admin: Any) -> None:
         """One turn: wait for the broker (at most until something is due), then do what is due."""
         now = time.monotonic()
-        if self._done:
+        if self._inbox and self._outage_until <= now:
+            timeout = 0.0005  # work is waiting: only look whether more has come
+        elif self._done:
             timeout = max(0.0005, self._batch_started + self.options.batch_max_delay_ms / 1000 - now)
-        elif self._inbox and self._outage_until > now:
-            timeout = min(1.0, self._outage_until - now)
+        elif self._inbox:  # held while the store is away
+            timeout = max(0.0005, min(1.0, self._outage_until - now))
         else:
             timeout = 1.0
         idle = False
@@ -939,7 +941,7 @@ def run_listener(environment: str, settings: Settings, sink_spec: str = DEFAULT_
             return EXIT_CONFIG
         try:
             connection = broker_connection(doc, box, options)
-            sink = load_sink_factory(sink_spec)(environment, store, box)
+            sink = load_sink_factory(sink_spec)(environment, store, box, settings)
         except (ConfigError, SecretsUnavailable) as exc:
             reporter.state(FAILED, str(exc))
             return EXIT_CONFIG

@@ -89,7 +89,7 @@ class DoubleSink:
         return EventResult.done("done", n.message_id)
 
 
-def make_sink(environment: str, store: Store, box: SecretBox) -> DoubleSink:
+def make_sink(environment: str, store: Store, box: SecretBox, settings: Any = None) -> DoubleSink:
     """Sink factory for ``--sink tests.integration.event_doubles:make_sink``."""
     if environment.endswith("-crash"):
         raise RuntimeError("this environment's sink cannot be built (test)")

@@ -33,6 +33,7 @@ from daemons.event_manager.listener import (
     run_listener,
 )
 from handlers.envelope import MAX_BODY_BYTES
+from stackmap.logging import configure_logging
 from stackmap.secrets import SecretBox
 from stackmap.settings import EventManagerSettings, load_settings
 from stackmap.store import Store
@@ -55,6 +56,12 @@ from tests.integration.event_helpers import (
     wait_for,
 )
 
+
+@pytest.fixture(autouse=True)
+def _logging_to_this_tests_stderr() -> None:
+    """Listener threads log; an earlier test (click's CliRunner) may have left structlog writing to a
+    stream that is closed by now."""
+    configure_logging("INFO", "console", stream=sys.stderr)
 
 @pytest.fixture
 def event_broker() -> str:
@@ -233,6 +240,21 @@ def test_messages_published_while_the_listener_is_away_are_not_lost(
         pub.publish(oslo_body("test.thing.update.end", {}, f"m-{i}"), f"m-{i}")
     with running_listener(env_name, sqlite_store, options):
         wait_for(lambda: handled_ids(db, env_name) >= set(pub.confirmed), 15, "every message")
+
+
+def test_a_backlog_with_slow_handlers_is_worked_through_without_idling(
+        env_name: str, sqlite_store: Store, db: Path, options: EventManagerSettings) -> None:
+    # 80 x 25 ms = 2 s of handling, acknowledged 5 at a time: the listener must go straight on to
+    # what is already received (it once waited a second for the broker after every batch)
+    small_batches = options.model_copy(update={"batch_size": 5})
+    with running_listener(env_name, sqlite_store, small_batches):
+        pass
+    publisher(env_name).publish_many(
+        oslo_body("test.thing.update.end", {"sleep_ms": 25}, f"m-{i}") for i in range(80))
+    started = time.monotonic()
+    with running_listener(env_name, sqlite_store, small_batches):
+        wait_for(lambda: len(handled_ids(db, env_name)) == 80, 30, "the backlog")
+    assert time.monotonic() - started < 6
 
 
 def test_broker_from_the_environments_amqp_section(env_name: str, db: Path) -> None:

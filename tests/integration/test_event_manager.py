@@ -21,6 +21,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from daemons.event_manager.supervisor import Supervisor
+from stackmap.logging import configure_logging
 from stackmap.secrets import SecretBox
 from stackmap.settings import load_settings
 from stackmap.store import Store
@@ -115,6 +116,13 @@ class Manager:
         self.out.close()
         return int(self.proc.returncode)
 
+
+
+@pytest.fixture(autouse=True)
+def _logging_to_this_tests_stderr() -> None:
+    """Listener threads log; an earlier test (click's CliRunner) may have left structlog writing to a
+    stream that is closed by now."""
+    configure_logging("INFO", "console", stream=sys.stderr)
 
 @pytest.fixture
 def db(tmp_path: Path) -> Path:
