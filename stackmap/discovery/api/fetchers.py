@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 
 from stackmap.discovery.api import resources as R
 from stackmap.discovery.api.resources import Resource, ResourceCache
+from stackmap.discovery.host.facts import FactsSource
 from stackmap.model import stable_id
 
 Doc = dict[str, Any]
@@ -29,6 +30,7 @@ class FetchContext:
     environment: str
     cache: ResourceCache
     env_doc: dict[str, Any]
+    hosts: FactsSource | None = None  # host-level commands (SSH); None when the environment has no CLI access
     _indexes: dict[tuple[str, str], dict[str, list[Doc]]] = field(default_factory=dict)
 
     def subnets_by_network(self, region: str) -> dict[str, list[Doc]]:

@@ -1,0 +1,1 @@
+"""Host-level discovery: what runs on each host (pNICs, bridges, virtual switches, tunnels, namespaces)."""

@@ -1,0 +1,46 @@
+"""What the host-level fetchers read: the outputs of commands run on each host.
+
+The fetchers never talk SSH themselves. For a whole hierarchy level they ask a ``FactsSource`` for
+the outputs of a set of named commands on all of that level's hosts at once, so the source can run
+hosts concurrently over one connection each; the fetchers then only parse. A host that could not be
+read at all carries ``error`` and its previous data must be kept; a single command that failed carries
+its own ``error`` (command missing, sudo refused, timeout) and only what depends on it is lost.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class CommandOutput:
+    key: str
+    command: str
+    exit_status: int | None
+    stdout: str = ""
+    stderr: str = ""
+    error: str | None = None  # why the output cannot be trusted; None when exit_status == 0
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.exit_status == 0
+
+
+@dataclass
+class HostFacts:
+    host: str  # the host object's id
+    address: str | None = None  # where it was reached
+    outputs: dict[str, CommandOutput] = field(default_factory=dict)
+    error: str | None = None  # the host could not be read at all (unreachable, host key mismatch, auth)
+
+    def output(self, key: str) -> CommandOutput | None:
+        return self.outputs.get(key)
+
+
+class FactsSource(Protocol):
+    """Runs named commands on hosts. ``commands`` maps a key to a shell command line; a command that
+    must run once per item (per namespace, per domain) is asked for by the fetcher in a second call."""
+
+    def collect(self, hosts: Sequence[dict[str, Any]], commands: Mapping[str, str]) -> dict[str, HostFacts]: ...
