@@ -688,3 +688,7 @@ def find_links(
         for link in finder.find(mine, lookup, environment):
             result.setdefault((link["link_type"], link["source_id"], link["target_id"]), link)
     return list(result.values())
+
+
+# The host layer's finders live in their own module and join FINDER_CLASSES when it is imported.
+import stackmap.discovery.host.links  # noqa: E402, F401

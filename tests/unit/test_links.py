@@ -307,6 +307,10 @@ def test_shipped_finders_load_and_own_their_link_types() -> None:
     assert link_types_of(finders) == [
         "host-instance", "instance-port", "port-network", "network-subnet", "router-network",
         "floatingip-port", "volume-instance", "loadbalancer-port", "port-security_group",
+        # the host layer (stackmap/discovery/host/links.py)
+        "instance-vnic", "vservice-vnic", "vnic-vconnector", "vnic-vedge", "vconnector-vedge",
+        "vconnector-host_pnic", "vedge-host_pnic", "vedge-otep", "otep-vconnector", "otep-host_pnic",
+        "host_pnic-network",
     ]
     router = next(f for f in finders if f.link_type == "router-network")
     assert router.holder_types == ("port", "router")

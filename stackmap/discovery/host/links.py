@@ -1,0 +1,541 @@
+"""Link finders for the host layer: how a packet leaves an instance and reaches a network.
+
+The chain is instance → vnic → vconnector (Linux bridge) and/or vedge (OVS/VPP) → otep (tunnel
+endpoint) → host_pnic → network. Every host-layer object carries ``host`` and ``local_name`` and has
+the id ``stable_id(host, <local key>)``, so most finders *compute* the other end's id from the
+holder's own fields (a vnic's ``master`` names its bridge, an OVS port names a pNIC) and fetch every
+candidate with one ``Lookup.get`` per call. Only two questions cannot be answered by id — which pNIC
+carries an IP address, and which networks a pNIC reaches — and those finders read the few object
+types they need once per call (``Lookup.find(type)``), never once per holder, so a store-backed
+update costs a constant number of queries whatever the number of holders.
+
+Link state comes from what the host tools reported: a pNIC, vNIC, bridge or OVS port that is "down"
+gives a down link ("unknown", which tunnels and bridges often report while working, does not).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from ipaddress import ip_interface
+from typing import Any
+
+from stackmap.discovery.links import FINDER_CLASSES, LinkFinder, Lookup, link_state
+from stackmap.model import stable_id
+from stackmap.store.base import Doc
+
+__all__ = [
+    "HOST_FINDER_CLASSES",
+    "HostPnicNetworkFinder",
+    "InstanceVnicFinder",
+    "OtepHostPnicFinder",
+    "OtepVconnectorFinder",
+    "VconnectorHostPnicFinder",
+    "VconnectorVedgeFinder",
+    "VedgeHostPnicFinder",
+    "VedgeOtepFinder",
+    "VnicVconnectorFinder",
+    "VnicVedgeFinder",
+    "VserviceVnicFinder",
+]
+
+VEDGE_KINDS = ("OVS", "VPP")
+OVERLAY_TYPES = frozenset({"vxlan", "gre", "geneve"})
+PHYSICAL_TYPES = frozenset({"vlan", "flat"})
+# OVS port types that are the host's own devices (an empty type is OVS's default, "system")
+SYSTEM_PORT_TYPES = frozenset({"system", ""})
+
+
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _sid(host: Any, *parts: Any) -> str | None:
+    """The id of a host-layer object, or None when the parts cannot form one (missing, or a name
+    holding the id separator): such a reference simply gives no link."""
+    if not _str(host) or not all(_str(p) for p in parts):
+        return None
+    try:
+        return stable_id(host, *parts)
+    except ValueError:
+        return None
+
+
+def _of_type(doc: Mapping[str, Any] | None, type_: str) -> bool:
+    return doc is not None and doc.get("type") == type_
+
+
+def _names(value: Any) -> list[str]:
+    if isinstance(value, Mapping):
+        value = list(value)
+    if isinstance(value, list | tuple | set):
+        return [v for v in value if isinstance(v, str) and v]
+    return []
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _network_of(vnic: Mapping[str, Any], ports: Mapping[str, Doc]) -> str | None:
+    """A vNIC's network: its own ``network`` (vservice vNICs), else its neutron port's."""
+    own = vnic.get("network")
+    if isinstance(own, list) and len(own) == 1:
+        own = own[0]
+    if _str(own):
+        return str(own)
+    port = ports.get(_str(vnic.get("port_id")) or "")
+    return _str(port.get("network_id")) if port is not None and port.get("type") == "port" else None
+
+
+def _vnic_ports(vnics: Iterable[Mapping[str, Any]], lookup: Lookup) -> dict[str, Doc]:
+    """The neutron ports of the vNICs that name one, in one lookup."""
+    return lookup.get({p for v in vnics if (p := _str(v.get("port_id")))})
+
+
+def _net_attributes(network: str | None, **more: Any) -> dict[str, Any]:
+    attributes = {"network": network} if network else {}
+    attributes.update({k: v for k, v in more.items() if v is not None and v != ""})
+    return attributes
+
+
+class InstanceVnicFinder(LinkFinder):
+    """instance → vnic, from the instance vNIC's ``instance_id``."""
+
+    link_type = "instance-vnic"
+    source_type = "instance"
+    target_type = "vnic"
+    supported_holder_types = ("vnic",)
+
+    def find(self, holders: Sequence[Doc], lookup: Lookup, environment: str) -> list[Doc]:
+        wanted = [(v, i) for v in holders
+                  if v.get("vnic_type", "instance_vnic") == "instance_vnic" and (i := _str(v.get("instance_id")))]
+        found = lookup.get({i for _, i in wanted} | {p for v, _ in wanted if (p := _str(v.get("port_id")))})
+        links = []
+        for vnic, inst_id in wanted:
+            inst = found.get(inst_id)
+            if not _of_type(inst, self.source_type):
+                continue
+            assert inst is not None
+            links.append(self.link(environment, inst, vnic, link_name=vnic.get("mac_address") or vnic["local_name"],
+                                   attributes=_net_attributes(_network_of(vnic, found), port_id=vnic.get("port_id")),
+                                   host=_str(vnic.get("host"))))
+        return links
+
+
+class VserviceVnicFinder(LinkFinder):
+    """vservice → vnic, from the vservice vNIC's ``namespace`` (the vservice is ``(host, namespace)``)."""
+
+    link_type = "vservice-vnic"
+    source_type = "vservice"
+    target_type = "vnic"
+    supported_holder_types = ("vnic",)
+
+    def find(self, holders: Sequence[Doc], lookup: Lookup, environment: str) -> list[Doc]:
+        wanted = [(v, s) for v in holders
+                  if v.get("vnic_type") == "vservice_vnic" and (s := _sid(v.get("host"), v.get("namespace")))]
+        services = lookup.get({s for _, s in wanted})
+        links = []
+        for vnic, service_id in wanted:
+            service = services.get(service_id)
+            if not _of_type(service, self.source_type):
+                continue
+            assert service is not None
+            links.append(self.link(environment, service, vnic, link_name=vnic.get("local_name") or vnic["id"],
+                                   attributes=_net_attributes(_network_of(vnic, {})), host=_str(vnic.get("host"))))
+        return links
+
+
+class VnicVconnectorFinder(LinkFinder):
+    """vnic → vconnector, from the vNIC's ``master``: the Linux bridge its host-side device is on."""
+
+    link_type = "vnic-vconnector"
+    source_type = "vnic"
+    target_type = "vconnector"
+    supported_holder_types = ("vnic",)
+
+    def find(self, holders: Sequence[Doc], lookup: Lookup, environment: str) -> list[Doc]:
+        wanted = [(v, b) for v in holders if (b := _sid(v.get("host"), v.get("master")))]
+        found = lookup.get({b for _, b in wanted} | {p for v, _ in wanted if (p := _str(v.get("port_id")))})
+        links = []
+        for vnic, bridge_id in wanted:
+            bridge = found.get(bridge_id)
+            if not _of_type(bridge, self.target_type):
+                continue  # an OVS "master" (ovs-system) or a bridge not scanned
+            assert bridge is not None
+            links.append(self.link(environment, vnic, bridge, link_name=vnic.get("mac_address") or vnic["local_name"],
+                                   attributes=_net_attributes(_network_of(vnic, found)),
+                                   host=_str(vnic.get("host"))))
+        return links
+
+
+def _vedges_of(hosts: Iterable[str], lookup: Lookup) -> dict[str, list[Doc]]:
+    """Each host's vEdges (OVS and/or VPP), by computed id, in one lookup."""
+    ids = {i for h in hosts for kind in VEDGE_KINDS if (i := _sid(h, kind))}
+    by_host: dict[str, list[Doc]] = defaultdict(list)
+    for doc in lookup.get(ids).values():
+        if doc.get("type") == "vedge" and _str(doc.get("host")):
+            by_host[doc["host"]].append(doc)
+    return by_host
+
+
+def _vedge_port(vedge: Mapping[str, Any], *names: Any) -> tuple[str, Mapping[str, Any]] | None:
+    ports = _mapping(vedge.get("ports"))
+    for name in names:
+        if _str(name) and isinstance(ports.get(name), Mapping):
+            return name, ports[name]
+    return None
+
+
+class VnicVedgeFinder(LinkFinder):
+    """vnic → vedge, when an OVS/VPP port is the vNIC itself (``local_name``) or its veth ``peer``."""
+
+    link_type = "vnic-vedge"
+    source_type = "vnic"
+    target_type = "vedge"
+    supported_holder_types = ("vnic",)
+
+    def find(self, holders: Sequence[Doc], lookup: Lookup, environment: str) -> list[Doc]:
+        wanted = [v for v in holders if _str(v.get("host"))]
+        vedges = _vedges_of({v["host"] for v in wanted}, lookup)
+        ports = _vnic_ports(wanted, lookup) if any(vedges.get(v["host"]) for v in wanted) else {}
+        links = []
+        for vnic in wanted:
+            for vedge in vedges.get(vnic["host"], ()):
+                hit = _vedge_port(vedge, vnic.get("local_name"), vnic.get("peer"))
+                if hit is None:
+                    continue
+                name, port = hit
+                links.append(self.link(
+                    environment, vnic, vedge, link_name=name, state=link_state(vnic, vedge, port),
+                    attributes=_net_attributes(_network_of(vnic, ports), port=name, bridge=port.get("bridge"),
+                                               vlan=port.get("tag")),
+                    host=vnic["host"]))
+        return links
+
+
+def _peer_names(vconnector: Mapping[str, Any], member: str) -> list[str]:
+    """Names the far end of a bridge member may have in OVS: its recorded veth peer, else the
+    neutron hybrid-plug convention (qvbXXX on the bridge, qvoXXX in br-int), else itself."""
+    details = _mapping(_mapping(vconnector.get("interfaces")).get(member))
+    names = [p] if (p := _str(details.get("peer"))) else []
+    if member.startswith("qvb"):
+        names.append("qvo" + member[3:])
+    names.append(member)
+    return names
+
+
+class VconnectorVedgeFinder(LinkFinder):
+    """vconnector → vedge, through a bridge member whose veth peer is an OVS port (qvb/qvo)."""
+
+    link_type = "vconnector-vedge"
+    source_type = "vconnector"
+    target_type = "vedge"
+    supported_holder_types = ("vconnector",)
+
+    def find(self, holders: Sequence[Doc], lookup: Lookup, environment: str) -> list[Doc]:
+        wanted = [c for c in holders if _str(c.get("host"))]
+        vedges = _vedges_of({c["host"] for c in wanted}, lookup)
+        links: dict[tuple[str, str], Doc] = {}
+        for bridge in wanted:
+            for vedge in vedges.get(bridge["host"], ()):
+                for member in _names(bridge.get("interfaces_names")):
+                    hit = _vedge_port(vedge, *_peer_names(bridge, member))
+                    if hit is None or (bridge["id"], vedge["id"]) in links:
+                        continue
+                    name, port = hit
+                    links[(bridge["id"], vedge["id"])] = self.link(
+                        environment, bridge, vedge, link_name=f"{member}-{name}" if name != member else member,
+                        state=link_state(bridge, vedge, port),
+                        attributes=_net_attributes(None, interface=member, port=name, bridge=port.get("bridge"),
+                                                   vlan=port.get("tag"), mac_address=port.get("mac_address")),
+                        host=bridge["host"])
+        return list(links.values())
+
+
+def _base_ifname(name: str) -> str:
+    """A VLAN sub-interface's parent (``eth1.100`` → ``eth1``), as Linux bridge agents name them."""
+    base, dot, vlan = name.rpartition(".")
+    return base if dot and base and vlan.isdigit() else name
+
+
+class VconnectorHostPnicFinder(LinkFinder):
+    """vconnector → host_pnic, from a bridge member that is a pNIC (or a VLAN sub-interface of one)."""
+
+    link_type = "vconnector-host_pnic"
+    source_type = "vconnector"
+    target_type = "host_pnic"
+    supported_holder_types = ("vconnector",)
+
+    def find(self, holders: Sequence[Doc], lookup: Lookup, environment: str) -> list[Doc]:
+        wanted = [(c, m, p) for c in holders for m in _names(c.get("interfaces_names"))
+                  if (p := _sid(c.get("host"), _base_ifname(m)))]
+        pnics = lookup.get({p for _, _, p in wanted})
+        links: dict[tuple[str, str], Doc] = {}
+        for bridge, member, pnic_id in wanted:
+            pnic = pnics.get(pnic_id)
+            if not _of_type(pnic, self.target_type) or (bridge["id"], pnic_id) in links:
+                continue
+            assert pnic is not None
+            vlan = member.rpartition(".")[2] if member != _base_ifname(member) else None
+            links[(bridge["id"], pnic_id)] = self.link(
+                environment, bridge, pnic, link_name=member,
+                attributes=_net_attributes(None, interface=member, vlan=int(vlan) if vlan else None),
+                host=_str(bridge.get("host")))
+        return list(links.values())
+
+
+class VedgeHostPnicFinder(LinkFinder):
+    """vedge → host_pnic, from an OVS port of the host's own devices (type system/"") named as a pNIC."""
+
+    link_type = "vedge-host_pnic"
+    source_type = "vedge"
+    target_type = "host_pnic"
+    supported_holder_types = ("vedge",)
+
+    def find(self, holders: Sequence[Doc], lookup: Lookup, environment: str) -> list[Doc]:
+        wanted = [
+            (v, name, port, p) for v in holders for name, port in _mapping(v.get("ports")).items()
+            if isinstance(port, Mapping) and str(port.get("type") or "") in SYSTEM_PORT_TYPES
+            and (p := _sid(v.get("host"), name))
+        ]
+        pnics = lookup.get({p for *_, p in wanted})
+        links = []
+        for vedge, name, port, pnic_id in wanted:
+            pnic = pnics.get(pnic_id)
+            if not _of_type(pnic, self.target_type):
+                continue  # a bridge's own internal port, or a device that is not a pNIC
+            assert pnic is not None
+            links.append(self.link(
+                environment, vedge, pnic, link_name=name, state=link_state(vedge, pnic, port),
+                attributes=_net_attributes(None, port=name, bridge=port.get("bridge"), vlan=port.get("tag")),
+                host=_str(vedge.get("host"))))
+        return links
+
+
+class VedgeOtepFinder(LinkFinder):
+    """vedge → otep, from an OVS/VPP tunnel endpoint's parent (oteps are stored under their vEdge)."""
+
+    link_type = "vedge-otep"
+    source_type = "vedge"
+    target_type = "otep"
+    supported_holder_types = ("otep",)
+
+    def find(self, holders: Sequence[Doc], lookup: Lookup, environment: str) -> list[Doc]:
+        wanted = [(o, v) for o in holders if o.get("parent_type") == "vedge" and (v := _str(o.get("parent_id")))]
+        vedges = lookup.get({v for _, v in wanted})
+        links = []
+        for otep, vedge_id in wanted:
+            vedge = vedges.get(vedge_id)
+            if not _of_type(vedge, self.source_type):
+                continue
+            assert vedge is not None
+            links.append(self.link(
+                environment, vedge, otep, link_name=f"{otep.get('overlay_type') or 'tunnel'}-{otep.get('ip_address')}",
+                attributes=_net_attributes(None, overlay_type=otep.get("overlay_type"),
+                                           ports=_names(otep.get("ports")) or None),
+                host=_str(otep.get("host"))))
+        return links
+
+
+class OtepVconnectorFinder(LinkFinder):
+    """otep → vconnector, from a Linux-bridge VXLAN device's bridge (``vconnector``, else its parent)."""
+
+    link_type = "otep-vconnector"
+    source_type = "otep"
+    target_type = "vconnector"
+    supported_holder_types = ("otep",)
+
+    def find(self, holders: Sequence[Doc], lookup: Lookup, environment: str) -> list[Doc]:
+        wanted = []
+        for otep in holders:
+            bridge_id = _sid(otep.get("host"), otep.get("vconnector"))
+            if bridge_id is None and otep.get("parent_type") == "vconnector":
+                bridge_id = _str(otep.get("parent_id"))
+            if bridge_id:
+                wanted.append((otep, bridge_id))
+        bridges = lookup.get({b for _, b in wanted})
+        links = []
+        for otep, bridge_id in wanted:
+            bridge = bridges.get(bridge_id)
+            if not _of_type(bridge, self.target_type):
+                continue
+            assert bridge is not None
+            links.append(self.link(environment, otep, bridge, link_name=otep.get("local_name") or bridge["local_name"],
+                                   attributes=_net_attributes(None, overlay_type=otep.get("overlay_type")),
+                                   host=_str(otep.get("host"))))
+        return links
+
+
+def _address(value: Any) -> str | None:
+    """The address part of "10.0.0.1/24" or "10.0.0.1"; None for anything that is not an IP."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return str(ip_interface(value.strip()).ip)
+    except ValueError:
+        return None
+
+
+def _pnics_by_host(lookup: Lookup, hosts: set[str]) -> dict[str, list[Doc]]:
+    """The pNICs of some hosts, read with one ``find`` whatever the number of hosts."""
+    by_host: dict[str, list[Doc]] = defaultdict(list)
+    if hosts:
+        for pnic in lookup.find("host_pnic"):
+            if pnic.get("host") in hosts:
+                by_host[pnic["host"]].append(pnic)
+    return by_host
+
+
+class OtepHostPnicFinder(LinkFinder):
+    """otep → host_pnic: the pNIC (or bond) of the otep's host that carries its ``ip_address``.
+
+    An address is not an id, so the host's pNICs are read once per call (one query) and matched.
+    """
+
+    link_type = "otep-host_pnic"
+    source_type = "otep"
+    target_type = "host_pnic"
+    supported_holder_types = ("otep",)
+
+    def find(self, holders: Sequence[Doc], lookup: Lookup, environment: str) -> list[Doc]:
+        wanted = [(o, ip) for o in holders if _str(o.get("host")) and (ip := _address(o.get("ip_address")))]
+        pnics = _pnics_by_host(lookup, {o["host"] for o, _ in wanted})
+        links = []
+        for otep, ip in wanted:
+            for pnic in pnics.get(otep["host"], ()):
+                if ip in {_address(a) for a in pnic.get("ip_addresses") or ()}:
+                    links.append(self.link(environment, otep, pnic, link_name=ip,
+                                           attributes=_net_attributes(None, ip_address=ip,
+                                                                      overlay_type=otep.get("overlay_type")),
+                                           host=otep["host"]))
+        return links
+
+
+def _physnet_mappings(agent_configs: Iterable[Mapping[str, Any]]) -> tuple[dict[str, set[str]], dict[str, set[str]]]:
+    """(physical network → bridges, physical network → interfaces) from neutron agent configurations.
+
+    OVS agents map physnets to OVS bridges (``bridge_mappings``), Linux bridge agents to interfaces
+    (``physical_interface_mappings``, reported as ``interface_mappings``) or to existing bridges.
+    Values may be dicts or "physnet:name,physnet:name" strings (the ini-file form).
+    """
+    bridges: dict[str, set[str]] = defaultdict(set)
+    interfaces: dict[str, set[str]] = defaultdict(set)
+    for config in agent_configs:
+        for key, target in (("bridge_mappings", bridges), ("interface_mappings", interfaces),
+                            ("physical_interface_mappings", interfaces)):
+            value = config.get(key)
+            if isinstance(value, str):
+                value = {k: v for k, _, v in (p.partition(":") for p in value.split(",")) if v}
+            for physnet, name in _mapping(value).items():
+                if _str(physnet) and _str(name):
+                    target[physnet.strip()].add(name.strip())
+    return bridges, interfaces
+
+
+class HostPnicNetworkFinder(LinkFinder):
+    """host_pnic → network: the networks a pNIC carries.
+
+    - VLAN/flat networks: a network whose ``provider:physical_network`` the host's neutron agent
+      maps to something the pNIC is on: an OVS bridge (``bridge_mappings``; the pNIC is a system
+      port of that bridge in the host's vEdge), an interface (``physical_interface_mappings``: the
+      pNIC itself) or a Linux bridge (the pNIC's ``master``). The mappings are read from the agent
+      ``configurations`` on the host's vEdge documents and on its ``network_agent`` documents.
+    - Overlay networks (vxlan/gre/geneve, or no physical network at all): when the pNIC carries
+      one of the host's tunnel endpoint IPs, every such network that has a port bound to the host
+      (``binding:host_id``): traffic of those networks leaves the host through that pNIC.
+
+    Query bound: one ``get`` (the hosts' vEdges, by computed id) and ``find`` of networks, ports,
+    oteps and network agents, once each per call: five queries for any number of pNICs.
+    """
+
+    link_type = "host_pnic-network"
+    source_type = "host_pnic"
+    target_type = "network"
+    supported_holder_types = ("host_pnic",)
+
+    def find(self, holders: Sequence[Doc], lookup: Lookup, environment: str) -> list[Doc]:
+        pnics = [p for p in holders if _str(p.get("host")) and _str(p.get("local_name"))]
+        hosts = {p["host"] for p in pnics}
+        if not hosts:
+            return []
+        vedges = _vedges_of(hosts, lookup)
+        configs: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
+        for host, docs in vedges.items():
+            configs[host].extend(c for d in docs if (c := _mapping(d.get("configurations"))))
+        for agent in lookup.find("network_agent"):
+            if agent.get("host") in hosts and (c := _mapping(agent.get("configurations"))):
+                configs[agent["host"]].append(c)
+        tunnel_ips: dict[str, set[str]] = defaultdict(set)
+        for otep in lookup.find("otep"):
+            if otep.get("host") in hosts and (ip := _address(otep.get("ip_address"))):
+                tunnel_ips[otep["host"]].add(ip)
+        bound: dict[str, set[str]] = defaultdict(set)
+        if tunnel_ips:
+            for port in lookup.find("port"):
+                bound_host, bound_net = _str(port.get("binding:host_id")), _str(port.get("network_id"))
+                if bound_host in tunnel_ips and bound_net:
+                    bound[bound_host].add(bound_net)
+        networks = lookup.find("network")
+        physical: dict[str, list[Doc]] = defaultdict(list)
+        overlay: dict[str, Doc] = {}
+        for net in networks:
+            physnet = _str(net.get("provider:physical_network"))
+            net_type = str(net.get("provider:network_type") or "").lower()
+            if physnet and net_type in PHYSICAL_TYPES | {""}:
+                physical[physnet].append(net)
+            elif not physnet and net_type in OVERLAY_TYPES | {""}:
+                overlay[net["id"]] = net
+
+        links: dict[tuple[str, str], Doc] = {}
+        for pnic in pnics:
+            host, name = pnic["host"], pnic["local_name"]
+            bridges, interfaces = _physnet_mappings(configs.get(host, ()))
+            on_bridges = {str(bridge) for v in vedges.get(host, ())
+                          if (bridge := _mapping(_mapping(v.get("ports")).get(name)).get("bridge"))}
+            if _str(pnic.get("master")):
+                on_bridges.add(pnic["master"])
+            for physnet in sorted(set(bridges) | set(interfaces)):
+                if not (bridges.get(physnet, set()) & on_bridges or name in interfaces.get(physnet, set())):
+                    continue
+                for net in physical.get(physnet, ()):
+                    self._add(links, environment, pnic, net, physnet=physnet)
+            pnic_ips = {_address(a) for a in pnic.get("ip_addresses") or ()}
+            if tunnel_ips.get(host, set()) & pnic_ips:
+                for net_id in sorted(bound.get(host, ())):
+                    if net_id in overlay:
+                        self._add(links, environment, pnic, overlay[net_id], physnet=None)
+        return list(links.values())
+
+    def _add(self, links: dict[tuple[str, str], Doc], environment: str, pnic: Doc, net: Doc,
+             physnet: str | None) -> None:
+        key = (pnic["id"], net["id"])
+        if key in links:
+            return
+        segment = net.get("provider:segmentation_id")
+        links[key] = self.link(
+            environment, pnic, net, link_name=f"Segment-{segment}" if segment is not None else (net.get("name") or ""),
+            attributes=_net_attributes(net["id"], network_type=net.get("provider:network_type"),
+                                       segmentation_id=segment, physical_network=physnet),
+            host=pnic["host"])
+
+
+HOST_FINDER_CLASSES: dict[str, type[LinkFinder]] = {
+    cls.__name__: cls
+    for cls in (
+        InstanceVnicFinder,
+        VserviceVnicFinder,
+        VnicVconnectorFinder,
+        VnicVedgeFinder,
+        VconnectorVedgeFinder,
+        VconnectorHostPnicFinder,
+        VedgeHostPnicFinder,
+        VedgeOtepFinder,
+        OtepVconnectorFinder,
+        OtepHostPnicFinder,
+        HostPnicNetworkFinder,
+    )
+}
+# link_finders.json names finders through links.FINDER_CLASSES; these join it when this module is
+# imported, which links.py itself does, so loading the config always sees them.
+FINDER_CLASSES.update(HOST_FINDER_CLASSES)
