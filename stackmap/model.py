@@ -404,6 +404,9 @@ class CliqueType(_Doc):
     mechanism_drivers: list[str] | None = None
     type_drivers: str | None = None
     use_implicit_links: bool = False
+    # Steps named in the walk's direction ("vnic-vedge": from the vNICs reached so far, over vnic-vedge
+    # links or reversed vedge-vnic ones); without it a step follows its link type from either end.
+    directed: bool | None = None
 
     @field_validator("mechanism_drivers", mode="before")
     @classmethod

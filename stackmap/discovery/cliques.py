@@ -257,6 +257,38 @@ def _ends(link_type: str) -> tuple[str, str]:
     return _norm_type(source), _norm_type(target)
 
 
+@functools.cache
+def _reversed(link_type: str) -> str:
+    source, _, target = link_type.partition("-")
+    return f"{target}-{source}"
+
+
+def _step_links(step: str, directed: bool, by_type: Mapping[str, set[str]], graph: LinkGraph) -> list[Doc]:
+    """The links one step may follow, before constraints.
+
+    Undirected (the default): links of the step's type touching a node already reached at either
+    end. Directed: the step is named in the walk's direction, so ``vnic-vedge`` leaves only from the
+    vNICs reached so far, along ``vnic-vedge`` links forwards or ``vedge-vnic`` links backwards (the
+    way Calipso's seed named steps like ``network-host_pnic``). Directed walks matter around hubs:
+    an undirected ``host_pnic-network`` step taken once the instance's network is known would pull
+    in the pNIC of every host on that network, and ``vconnector-vedge`` once the host's vEdge is
+    known every bridge of the host.
+    """
+    source_type, target_type = _ends(step)
+    if directed:
+        sources = by_type.get(source_type, set())
+        if not sources:
+            return []
+        found = graph.links(step, sources, set())
+        if _reversed(step) != step:
+            found += graph.links(_reversed(step), set(), sources)
+        return found
+    sources, targets = by_type.get(source_type, set()), by_type.get(target_type, set())
+    if not sources and not targets:
+        return []
+    return graph.links(step, sources, targets)
+
+
 def _allowed(value: Any) -> set[Hashable]:
     if isinstance(value, list | tuple | set | frozenset):
         return {v for v in value if isinstance(v, Hashable)}
@@ -295,12 +327,11 @@ def _walk(
     by_type[_norm_type(str(focal["type"]))].add(focal_id)
     links: dict[str, Doc] = {}
     use_implicit = bool(clique_type.get("use_implicit_links"))
+    directed = bool(clique_type.get("directed"))
     for link_type in clique_type["link_types"]:
-        source_type, target_type = _ends(link_type)
-        sources, targets = by_type.get(source_type, set()), by_type.get(target_type, set())
-        if not sources and not targets:
+        found = _step_links(link_type, directed, by_type, graph)
+        if not found:
             continue  # nothing to follow from *yet*; later steps still run
-        found = graph.links(link_type, sources, targets)
         if len(found) > 1:
             found.sort(key=lambda link: link["id"])  # same clique whatever order the graph returns
         for link in found:
@@ -313,7 +344,7 @@ def _walk(
                 if end not in nodes:
                     nodes[end] = None
                     by_type[_norm_type(end_type) if end_type else
-                            (source_type if end == link["source_id"] else target_type)].add(end)
+                            _ends(link["link_type"])[0 if end == link["source_id"] else 1]].add(end)
     return list(nodes), links
 
 

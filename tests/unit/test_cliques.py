@@ -67,13 +67,19 @@ def sqlite(tmp_path: Path) -> Iterator[Store]:
 
 def test_shipped_clique_types_and_constraints() -> None:
     chosen, constraints = defaults()
+    host_layer = {"vservice", "vnic", "vconnector", "vedge", "otep", "host_pnic"}
+    assert set(chosen) == {"instance", "network", "router", "host", "load_balancer"} | host_layer
+    assert chosen["instance"]["id"] == "ovs-vxlan-instance"  # ENV_DOC is an OVS cloud with VXLAN
+    # without a mechanism driver that has host-layer types, the generic types remain
+    chosen = select_clique_types({**ENV_DOC, "mechanism_drivers": ["SRIOV"]}, load_clique_types())
     assert set(chosen) == {"instance", "network", "router", "host", "load_balancer"}
     assert chosen["instance"]["id"] == "any-instance"
     assert chosen["instance"]["link_types"] == [
         "host-instance", "instance-port", "floatingip-port", "port-network", "network-subnet", "router-network",
         "volume-instance",
     ]
-    assert constraints == {"instance": ["network"], "network": ["network"]}
+    assert constraints == {"instance": ["network"], "network": ["network"], "vservice": ["network"],
+                           "vnic": ["network"]}
 
 
 @pytest.mark.parametrize(
@@ -108,15 +114,17 @@ def test_seed_defaults_keeps_operator_edits(store: Store) -> None:
     store.upsert_clique_type(edited)
     store.upsert_clique_constraint({"id": "network", "focal_point_type": "network", "constraints": []})
 
-    assert seed_defaults(store) == {"clique_types": 4, "clique_constraints": 1}
+    assert seed_defaults(store) == {"clique_types": len(load_clique_types()) - 1,
+                                    "clique_constraints": len(load_clique_constraints()) - 1}
     assert store.get_clique_type("any-instance")["link_types"] == ["host-instance"]
     assert store.get_clique_type("any-instance")["name"] == "mine"
     assert store.get_clique_type("any-router")["link_types"] == ["router-network", "network-subnet"]
     assert {c["id"]: c["constraints"] for c in store.list_clique_constraints()} == {
-        "instance": ["network"], "network": []}
+        "instance": ["network"], "network": [], "vservice": ["network"], "vnic": ["network"]}
     assert seed_defaults(store) == {"clique_types": 0, "clique_constraints": 0}
     # what the scanner will do: select from the store's types
-    assert select_clique_types(ENV_DOC, store.list_clique_types(ENV))["instance"]["name"] == "mine"
+    not_ovs = {**ENV_DOC, "mechanism_drivers": ["SRIOV"]}  # OVS clouds get the OVS types
+    assert select_clique_types(not_ovs, store.list_clique_types(ENV))["instance"]["name"] == "mine"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -167,7 +175,7 @@ def test_instance_clique_follows_the_default_type() -> None:
     clique = cliques_of(["vm1"])["vm1"]
     assert clique["nodes"][0] == "vm1"
     assert set(clique["nodes"]) == {"vm1", "compute-1", "p1", "fip1", "net-a", "sub-a", "r1", "vol1"}
-    assert clique["clique_type"] == "any-instance"
+    assert clique["clique_type"] == "ovs-vxlan-instance"
     assert clique["focal_point_type"] == "instance"
     assert clique["constraints"] == {"network": ["net-a"]}
     assert clique["links"] == [lk["id"] for lk in clique["links_detailed"]]
@@ -274,7 +282,7 @@ def test_scan_pipeline_through_sqlite(sqlite: Store) -> None:
     sqlite.upsert_objects(ENV, cloud())
     links = find_links(ENV, sqlite.find_objects(ENV), StoreLookup(sqlite, ENV), load_link_finders())
     assert sqlite.upsert_links(ENV, links) == len(links)
-    assert seed_defaults(sqlite)["clique_types"] == 5
+    assert seed_defaults(sqlite)["clique_types"] == len(load_clique_types())
     chosen = select_clique_types(ENV_DOC, sqlite.list_clique_types(ENV))
     constraints = constraints_by_focal_type(sqlite.list_clique_constraints())
     focal = [d for d in sqlite.find_objects(ENV) if d["type"] in chosen]
