@@ -445,18 +445,28 @@ class HostPnicNetworkFinder(LinkFinder):
       one of the host's tunnel endpoint IPs, every such network that has a port bound to the host
       (``binding:host_id``): traffic of those networks leaves the host through that pNIC.
 
+    A port is a holder too: a port newly bound to a host (the usual notification) may bring a new
+    overlay network to that host's tunnel pNIC, so a port holder relinks its host's pNICs.
+
     Query bound: one ``get`` (the hosts' vEdges, by computed id) and ``find`` of networks, ports,
-    oteps and network agents, once each per call: five queries for any number of pNICs.
+    oteps and network agents, once each per call, plus one ``find`` of pNICs when ports are holders
+    whose hosts' pNICs are not: at most six queries for any number of holders.
     """
 
     link_type = "host_pnic-network"
     source_type = "host_pnic"
     target_type = "network"
-    supported_holder_types = ("host_pnic",)
+    supported_holder_types = ("host_pnic", "port")
 
     def find(self, holders: Sequence[Doc], lookup: Lookup, environment: str) -> list[Doc]:
-        pnics = [p for p in holders if _str(p.get("host")) and _str(p.get("local_name"))]
+        pnics = [p for p in holders
+                 if p.get("type") == "host_pnic" and _str(p.get("host")) and _str(p.get("local_name"))]
         hosts = {p["host"] for p in pnics}
+        port_hosts = {h for p in holders if p.get("type") == "port" and (h := _str(p.get("binding:host_id")))}
+        if port_hosts - hosts:
+            more = _pnics_by_host(lookup, port_hosts - hosts)
+            pnics += [p for docs in more.values() for p in docs if _str(p.get("local_name"))]
+            hosts |= set(more)
         if not hosts:
             return []
         vedges = _vedges_of(hosts, lookup)
