@@ -430,7 +430,7 @@ def _bad_messages(count: int) -> tuple[list[tuple[bytes, str]], Counter[str]]:
         (lambda i: oslo_body("test.thing.update.end", {"do": "unknown_id", "id": f"ghost-{i}"}, f"u{i}").encode(),
          "ignored"),
         (lambda i: oslo_body(f"made.up.event.{i % 97}", {"id": i}, f"e{i}").encode(), "ignored"),
-        (lambda i: ("[" * 200_000).encode(), "undecodable"),
+        (lambda i: ("[" * 200_000).encode(), "too_deep"),
     ]
     out: list[tuple[bytes, str]] = []
     for i in range(count - 10):
