@@ -156,6 +156,10 @@ class Scanner:
         finally:
             self.summary.api_calls = self.adapter.calls
             self.summary.duration_s = round(time.perf_counter() - started, 3)
+            # Close the scan's keep-alive connections now: a long-lived process runs scan after scan,
+            # and idle connections left to the garbage collector pile up in the API services (an
+            # eventlet API worker serves ~100 connections, then accepts no more until they time out).
+            self.adapter.close()
         self.summary.status = status.value
         self._finish(status)
         return self.summary
