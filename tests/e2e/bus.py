@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import kombu
@@ -28,14 +30,19 @@ class BusTap:
             self.queue.bind_to(ex, routing_key=key)
         self.results: list[tuple[str, Any]] = []
         self.last_handled = time.monotonic()
+        # (event type, seconds from the notification's own timestamp to the end of its handling), for
+        # events handled at their first delivery (a retry waits for the API on purpose)
+        self.latencies: list[tuple[str, float]] = []
 
-    def drain(self, quiet_for: float = 3.0, timeout: float = 60.0) -> list[tuple[str, Any]]:
-        """Handle messages until none arrived for ``quiet_for`` seconds; returns what was handled."""
+    def drain(self, quiet_for: float = 3.0, timeout: float = 60.0,
+              busy: Callable[[], bool] = lambda: False) -> list[tuple[str, Any]]:
+        """Handle messages until none arrived for ``quiet_for`` seconds (and ``busy()`` is false: the
+        action that causes them may still be running); returns what was handled."""
         handled: list[tuple[str, Any]] = []
         deadline = time.monotonic() + timeout
         quiet_since = time.monotonic()
         later: list[tuple[float, int, Any]] = []  # (due, attempt, notification): retries with a delay
-        while time.monotonic() < deadline and (time.monotonic() - quiet_since < quiet_for or later):
+        while time.monotonic() < deadline and (time.monotonic() - quiet_since < quiet_for or later or busy()):
             due = [item for item in later if item[0] <= time.monotonic()]
             for item in due:
                 later.remove(item)
@@ -47,7 +54,7 @@ class BusTap:
                 quiet_since = time.monotonic()
             message = self.queue.get(no_ack=False)
             if message is None:
-                time.sleep(0.1)
+                time.sleep(0.02)
                 continue
             quiet_since = time.monotonic()
             try:
@@ -61,6 +68,9 @@ class BusTap:
                 later.append((time.monotonic() + 0.5, 1, notification))
             else:
                 handled.append((notification.event_type, result))
+                sent = _sent_at(notification.timestamp)
+                if sent is not None:
+                    self.latencies.append((notification.event_type, time.time() - sent))
             message.ack()
         self.results.extend(handled)
         return handled
@@ -72,3 +82,13 @@ class BusTap:
             self.conn.release()
 
 
+def _sent_at(stamp: str | None) -> float | None:
+    """oslo's notification timestamp (UTC, "2026-11-23 12:00:00.123456") as epoch seconds."""
+    if not stamp:
+        return None
+    for fmt in ("%Y-%m-%d %H:%M:%S.%f", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S.%fZ", "%Y-%m-%dT%H:%M:%SZ"):
+        try:
+            return datetime.strptime(stamp, fmt).replace(tzinfo=UTC).timestamp()
+        except ValueError:
+            continue
+    return None
