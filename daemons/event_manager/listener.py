@@ -859,7 +859,7 @@ class Listener:
                             event_type=d.notification.event_type if d.notification else None,
                             message_id=d.notification.message_id if d.notification else None,
                             attempt=d.attempt)
-            if d.notification is not None and d.result in (M.HANDLED, M.IGNORED):
+            if d.notification is not None and d.result in (M.HANDLED, M.IGNORED, M.COALESCED):
                 committed.append((d.notification, d.committed_at))
                 stamp = _timestamp_of(d.notification)
                 if stamp is not None:
