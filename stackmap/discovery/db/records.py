@@ -16,7 +16,7 @@ AGENT_DOWN_TIME_S = 75
 # configurations keys that count things (ports, devices, routers...): they change with every tenant
 # action, so the map does not store them (a rescan would rewrite the agent for nothing)
 AGENT_COUNTERS = frozenset({"devices", "networks", "ports", "subnets", "routers", "ex_gw_ports", "floating_ips",
-                            "interfaces", "resource_provider_inventory_defaults"})
+                            "interfaces"})
 TUNNEL_TYPES = ("vxlan", "gre", "geneve")
 
 
