@@ -21,7 +21,7 @@ from stackmap.discovery.db.records import (
     Aggregate,
     NetworkAgent,
     TunnelEndpoint,
-    timestamp,
+    nova_timestamp,
 )
 from stackmap.logging import get_logger
 from stackmap.model import EnvironmentConfig, MysqlSection
@@ -184,7 +184,7 @@ class DbFacts:
         for row in meta:
             meta_of[int(row["aggregate_id"])][str(row["key"])] = str(row["value"])
         return [Aggregate(id=int(row["id"]), uuid=row.get("uuid"), name=row.get("name"),
-                          created_at=timestamp(row.get("created_at")), hosts=tuple(hosts_of[int(row["id"])]),
+                          created_at=nova_timestamp(row.get("created_at")), hosts=tuple(hosts_of[int(row["id"])]),
                           metadata=meta_of[int(row["id"])]) for row in aggs]
 
 

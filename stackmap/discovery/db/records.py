@@ -27,6 +27,13 @@ def timestamp(value: Any) -> str | None:
     return None if value is None else str(value)
 
 
+def nova_timestamp(value: Any) -> str | None:
+    """A DB datetime as nova's API prints it (``2026-11-23T20:08:45.000000``)."""
+    if isinstance(value, datetime):
+        return value.strftime("%Y-%m-%dT%H:%M:%S.%f")
+    return None if value is None else str(value)
+
+
 def parse_configurations(raw: Any) -> tuple[dict[str, Any], str | None]:
     """An agent's JSON ``configurations`` and, when it cannot be used, why."""
     if raw is None or raw == "":
