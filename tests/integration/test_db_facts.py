@@ -178,8 +178,10 @@ def test_writes_are_refused_by_the_layer_and_by_the_session(openstack_dbs: OpenS
         for statement in (f"DELETE FROM `{dbs.neutron}`.agents",
                           f"UPDATE `{dbs.neutron}`.agents SET admin_state_up = 0",
                           f"  insert into `{dbs.neutron}`.ml2_gre_endpoints (ip_address) values ('10.9.9.9')",
-                          f"DROP DATABASE `{dbs.neutron}`"):
-            with pytest.raises(ReadOnlyViolation, match="not a SELECT"):
+                          f"DROP DATABASE `{dbs.neutron}`",
+                          f"SELECT * FROM `{dbs.neutron}`.agents INTO OUTFILE '/tmp/smt-{dbs.neutron}.txt'",
+                          f"SELECT 1; DELETE FROM `{dbs.neutron}`.agents"):
+            with pytest.raises(ReadOnlyViolation, match="not a plain SELECT"):
                 reader.query(statement)
         assert reader.query("SELECT @@tx_read_only AS ro") == [{"ro": 1}]
         # past the layer's guard, the server itself refuses: the session is READ ONLY

@@ -34,6 +34,8 @@ CONNECTION_ERRORS = frozenset({
     ER.CON_COUNT_ERROR, ER.SERVER_SHUTDOWN,
 })
 _SELECT = re.compile(r"^\s*(?:\(\s*)*SELECT\b", re.IGNORECASE)
+# a SELECT can still write files or user variables, or smuggle a second statement: refused too
+_NOT_READ_ONLY = re.compile(r"\bINTO\s+(?:OUTFILE|DUMPFILE|@)|;\s*\S", re.IGNORECASE)
 _IDENTIFIER = re.compile(r"^[A-Za-z0-9_$]{1,64}$")
 
 
@@ -112,8 +114,8 @@ class MysqlReader:
     # -- queries ------------------------------------------------------------------------------------
     def query(self, sql: str, args: tuple[Any, ...] | None = None) -> list[Row]:
         """Rows of one SELECT. Raises ``DbError`` (or a subclass) with an operator-readable message."""
-        if not _SELECT.match(sql):
-            raise ReadOnlyViolation(f"{self.where}: refused a statement that is not a SELECT (read-only access)")
+        if not _SELECT.match(sql) or _NOT_READ_ONLY.search(sql):
+            raise ReadOnlyViolation(f"{self.where}: refused a statement that is not a plain SELECT (read-only access)")
         if self.unavailable is not None:
             raise DbUnavailable(self.unavailable)
 
