@@ -240,3 +240,53 @@ def test_unreachable_raises_for_direct_readers(tmp_path: Path) -> None:
     reader = MysqlReader(section, SecretBox(tmp_path / "key"), attempts=1)
     with pytest.raises(DbUnavailable, match="cannot connect"):
         reader.query("SELECT 1")
+
+
+def test_a_select_only_user_reads_everything(openstack_dbs: OpenStackDbs, tmp_path: Path) -> None:
+    """The grants the README names are enough (and the layer needs no more than SELECT)."""
+    dbs = openstack_dbs
+    dbs.add_agent(ovs_agent("cmp-1", "10.0.0.11"))
+    dbs.add_endpoint("vxlan", "cmp-1", "10.0.0.11")
+    dbs.add_aggregate(3, "agg", ["cmp-1"], {"ssd": "true"})
+    user = f"smt_{dbs.neutron.split('_')[1]}"
+    dbs.execute(f"CREATE USER '{user}'@'%%' IDENTIFIED BY %s", (SECRET,))
+    try:
+        for table in ("agents", "ml2_vxlan_endpoints", "ml2_gre_endpoints", "ml2_geneve_endpoints"):
+            dbs.execute(f"GRANT SELECT ON `{dbs.neutron}`.`{table}` TO '{user}'@'%'")
+        for table in ("aggregates", "aggregate_hosts", "aggregate_metadata"):
+            dbs.execute(f"GRANT SELECT ON `{dbs.nova_api}`.`{table}` TO '{user}'@'%'")
+        facts = facts_for(dbs, tmp_path, user=user, pwd=SECRET)
+        try:
+            assert [a.binary for a in facts.agents("cmp-1")] == ["neutron-openvswitch-agent"]
+            assert [e.ip_address for e in facts.tunnel_endpoints("cmp-1")] == ["10.0.0.11"]
+            assert [a.hosts for a in facts.aggregates()] == [("cmp-1",)]
+            assert facts.failures == []
+        finally:
+            facts.close()
+    finally:
+        dbs.execute(f"DROP USER IF EXISTS '{user}'@'%'")
+
+
+def test_one_unreadable_database_fails_only_its_facts(openstack_dbs: OpenStackDbs, tmp_path: Path) -> None:
+    openstack_dbs.add_agent(ovs_agent("cmp-1", "10.0.0.11"))
+    facts = facts_for(openstack_dbs, tmp_path, nova_api_db=f"{openstack_dbs.nova_api}_missing")
+    try:
+        assert facts.aggregates() == []
+        assert [a.host for a in facts.agents("cmp-1")] == ["cmp-1"]  # the server is fine: neutron still read
+        assert facts.failed(AGGREGATES) and not facts.failed(AGENTS)
+        assert f"{openstack_dbs.nova_api}_missing" in facts.failures[0].message
+    finally:
+        facts.close()
+
+
+def test_undecryptable_password_is_a_clear_error(openstack_dbs: OpenStackDbs, tmp_path: Path) -> None:
+    sealer = SecretBox(tmp_path / "old.key")
+    sealer.create_key()
+    section = MysqlSection.model_validate(openstack_dbs.mysql_section(pwd=sealer.seal(SECRET)))
+    facts = DbFacts(MysqlReader(section, SecretBox(tmp_path / "other.key")), section)
+    try:
+        assert facts.agents("cmp-1") == []
+        assert "cannot connect" in facts.failures[0].message and "key file" in facts.failures[0].message
+        assert SECRET not in facts.failures[0].message
+    finally:
+        facts.close()
