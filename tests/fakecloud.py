@@ -39,7 +39,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
-from stackmap.discovery.scanners import FolderSpec, load_scanners
+from stackmap.discovery.scanners import FolderSpec, condition_matches, load_scanners
 from stackmap.model import stable_id
 
 Item = dict[str, Any]
@@ -55,17 +55,26 @@ _EPOCH = datetime(2024, 3, 1, 12, 0, 0, tzinfo=UTC)
 # sizes
 
 
+# what scanner conditions see of the environments the fake cloud's tests scan (OpenStack section only)
+FAKE_ENVIRONMENT: dict[str, Any] = {"environment_type": "OpenStack", "distribution": "Stock",
+                                    "mechanism_drivers": ["OVS"], "type_drivers": "vxlan",
+                                    "configuration": [{"name": "OpenStack"}]}
+
+
 @functools.lru_cache(maxsize=1)
 def folder_layout() -> dict[str, list[tuple[str, str]]]:
     """Parent object type -> [(folder object type, types_name)], as ``config/scanners.json`` says.
 
     Folders are presentation, not cloud data: taking them from the shipped config keeps the
     expected map right when a folder is added there, while the objects themselves still come from
-    the cloud.
+    the cloud. Entries whose ``environment_condition`` the fake cloud's environments do not meet
+    (say, those that need a mysql or CLI section) are left out, as a scan leaves them out.
     """
     layout: dict[str, list[tuple[str, str]]] = {}
     for entries in load_scanners().scanners.values():
         for entry in entries:
+            if not condition_matches(entry.environment_condition, FAKE_ENVIRONMENT):
+                continue
             if isinstance(entry.fetcher, FolderSpec):
                 layout.setdefault(entry.fetcher.parent_type, []).append((entry.type, entry.fetcher.types_name))
     return layout
