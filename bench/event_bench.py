@@ -58,7 +58,7 @@ from stackmap.secrets import SecretBox  # noqa: E402
 from stackmap.settings import EventManagerSettings  # noqa: E402
 from stackmap.store import Store  # noqa: E402
 from tests import fakecloud  # noqa: E402
-from tests.fakecloud import CloudSize, FakeCloud, FakeCloudServer  # noqa: E402
+from tests.fakecloud import CloudSize, FakeCloud, ShowingServer  # noqa: E402
 
 BROKER = "amqp://guest:guest@127.0.0.1:5672//"
 ROUTING_KEY = "notifications.info"
@@ -78,62 +78,6 @@ def real_handlers() -> str | None:
 
 # --------------------------------------------------------------------------------------------------
 # the fake cloud, in its own process
-
-# a single item, as the handlers read it back: (service type, collection in the path) -> (listing, key)
-SHOW = {("network", "ports"): (("network", "/ports"), "port"),
-        ("network", "networks"): (("network", "/networks"), "network"),
-        ("network", "subnets"): (("network", "/subnets"), "subnet"),
-        ("compute", "servers"): (("compute", "/servers/detail"), "server")}
-FILTERS = {"device_id", "network_id", "device_owner"}
-
-
-class ShowingServer(FakeCloudServer):
-    """``FakeCloudServer`` answers listings only, and ignores listing filters. The handlers also read
-    single items (``GET /ports/{id}``, ``/servers/{id}``) and filtered listings (``?device_id=``), as a
-    real cloud serves them in O(1): without this, every event would find its object "gone from the
-    API" (and delete it), and an instance event would list every port of the cloud."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._index: dict[tuple[str, str], tuple[int, dict[str, Any]]] = {}
-
-    def _indexed(self, region: str, listing: Any, field: str) -> dict[str, Any]:
-        items = self._items(region, listing, None, (2, 96))
-        cached = self._index.get((listing.view, field))
-        if cached is None or cached[0] != id(items):
-            index: dict[str, Any] = {}
-            for item in items:
-                if field == "id":
-                    index[str(item["id"])] = item
-                else:
-                    index.setdefault(str(item.get(field)), []).append(item)
-            cached = self._index[(listing.view, field)] = (id(items), index)
-        return cached[1]
-
-    def _route(self, method: str, path: str, query: list[tuple[str, str]], headers: dict[str, str],
-               body: bytes) -> tuple[int, Any, dict[str, str]]:
-        segments = [s for s in path.split("/") if s]
-        region = self.cloud.size.regions[0]
-        svc = fakecloud._BY_PREFIX.get(segments[0]) if segments else None
-        if method == "GET" and svc is not None and len(segments) == 4 and (svc.type, segments[2]) in SHOW \
-                and (svc.type, f"/{segments[2]}/{segments[3]}") not in fakecloud.LISTINGS:
-            self._check_token(headers)
-            (listing_key, key) = SHOW[(svc.type, segments[2])]
-            item = self._indexed(region, fakecloud.LISTINGS[listing_key], "id").get(segments[3])
-            if item is None:
-                raise fakecloud._HTTPError(404, fakecloud._error(svc, 404, f"{key} {segments[3]} not found"))
-            return 200, {key: item}, {}
-        filters = {k: v for k, v in query if k in FILTERS}
-        if method == "GET" and svc is not None and filters and len(segments) == 3:
-            listing = fakecloud.LISTINGS.get((svc.type, "/" + segments[2]))
-            if listing is not None:
-                self._check_token(headers)
-                (field, value), *more = filters.items()
-                items = self._indexed(region, listing, field).get(value, [])
-                items = [i for i in items if all(str(i.get(k)) == v for k, v in more)]
-                return 200, {listing.key: items}, {}
-        return super()._route(method, path, query, headers, body)
-
 
 def _serve(size: CloudSize, conn: Pipe, samples: int) -> None:
     # FakeCloudServer writes headers and body in two sends: with Nagle on, every keep-alive response

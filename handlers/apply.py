@@ -24,15 +24,23 @@ from stackmap.discovery.api.client import ApiError, OpenStackClient
 from stackmap.discovery.api.fetchers import RESERVED, Doc, FetchContext, folder_id, project_of
 from stackmap.discovery.api.resources import Resource, ResourceCache
 from stackmap.discovery.api.transport import CountingAdapter
-from stackmap.discovery.cliques import StoreGraph, build_cliques, constraints_by_focal_type, select_clique_types
+from stackmap.discovery.cliques import (
+    StoreGraph,
+    build_cliques,
+    clique_affected,
+    constraints_by_focal_type,
+    select_clique_types,
+)
 from stackmap.discovery.engine import Engine, environment_root
 from stackmap.discovery.links import LinkFinder, StoreLookup, find_links, load_link_finders
 from stackmap.discovery.scanners import ScannersConfig, load_scanners
 from stackmap.environments import load_environment
 from stackmap.errors import StackmapError
-from stackmap.model import EnvironmentConfig
+from stackmap.model import EnvironmentConfig, link_id
 from stackmap.secrets import SecretBox
 from stackmap.store import Store
+from stackmap.store.base import MONITOR_FIELDS, MONITOR_STATUS
+from stackmap.store.codec import dumps, loads
 
 TOMBSTONE_SECONDS = 600.0
 
@@ -91,7 +99,10 @@ class Change:
     upserted: list[Doc] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
     renamed: list[str] = field(default_factory=list)  # objects whose name_path changed: labels and paths follow
-    touched: set[str] = field(default_factory=set)  # ends of links added or removed: their cliques may change
+    touched: set[str] = field(default_factory=set)  # every clique containing one of these is rebuilt
+    links_added: list[Doc] = field(default_factory=list)  # new links, and changed ones (as they are now)
+    links_gone: set[tuple[str, str, str]] = field(default_factory=set)  # keys of links removed, and of changed ones
+    focal_changed: set[str] = field(default_factory=set)  # objects whose own clique must be rebuilt
     written: int = 0
     links_written: int = 0
     links_deleted: int = 0
@@ -226,8 +237,12 @@ class MapUpdater:
             before = {o["id"]: o for o in self.store.find_objects(self.environment, ids=placed_ids)}
             change.written += self.store.upsert_objects(self.environment, result.objects)
             change.upserted.extend(result.objects)
+            chosen, constraints = self._cliques()
             for obj in result.objects:
                 old = before.get(obj["id"])
+                if obj["type"] in chosen and (old is None or any(
+                        old.get(f) != obj.get(f) for f in constraints.get(obj["type"], ()))):
+                    change.focal_changed.add(obj["id"])  # a new focal object, or its clique's constraints moved
                 if old is not None and old.get("name_path") != obj["name_path"] and obj["id"] in ids:
                     change.renamed.append(obj["id"])
                     change.written += self._rename_descendants(old, obj)
@@ -252,30 +267,50 @@ class MapUpdater:
 
     # -- links and cliques -------------------------------------------------------------------------
     def relink(self, change: Change, extra_holders: Iterable[Doc] = ()) -> None:
-        """Recompute the links held by the changed objects; drop the ones they no longer hold."""
+        """Recompute the links held by the changed objects; write only those that are new or differ,
+        drop the ones they no longer hold, and note both in ``change`` for ``reclique``."""
         holders = {h["id"]: h for h in [*change.upserted, *extra_holders]}
-        if change.renamed:
-            # link labels carry both ends' names: the other ends of a renamed object's links relink too
-            ends = {e for lk in self.store.find_links(self.environment, touching=change.renamed)
-                    for e in (lk["source_id"], lk["target_id"])} - set(holders)
-            if ends:
-                holders.update({o["id"]: o for o in self.store.find_objects(self.environment, ids=ends)})
         if not holders:
             return
         lookup = StoreLookup(self.store, self.environment)
         fresh = find_links(self.environment, list(holders.values()), lookup, self.finders)
-        change.links_written += self.store.upsert_links(self.environment, fresh)
-        fresh_keys = {(lk["link_type"], lk["source_id"], lk["target_id"]) for lk in fresh}
-        change.touched |= {end for key in fresh_keys for end in key[1:]}
+        if change.renamed:
+            # Link labels carry both ends' names: the links of a renamed object that other objects hold
+            # are recomputed too. Those holders only refresh these links: they are not all the producers
+            # of what they hold (a router's links to its networks come from its ports), so nothing is
+            # deleted on their account.
+            renamed = set(change.renamed)
+            touching = self.store.find_links(self.environment, touching=change.renamed)
+            ends = {e for lk in touching for e in (lk["source_id"], lk["target_id"])} - set(holders)
+            if ends:
+                others = self.store.find_objects(self.environment, ids=ends)
+                fresh_keys_so_far = {_key(lk) for lk in fresh}
+                fresh += [lk for lk in find_links(self.environment, others, lookup, self.finders)
+                          if (lk["source_id"] in renamed or lk["target_id"] in renamed)
+                          and _key(lk) not in fresh_keys_so_far]
         held_types = {t for h in holders.values() for t in self._held.get(h["type"], ())}
-        if held_types:
-            current = self.store.find_links(self.environment, touching=list(holders), link_types=held_types)
-            stale = {(lk["link_type"], lk["source_id"], lk["target_id"]) for lk in current
-                     if self._held_by(lk, holders) and
-                     (lk["link_type"], lk["source_id"], lk["target_id"]) not in fresh_keys}
-            if stale:
-                change.links_deleted += self.store.delete_links(self.environment, stale)
-                change.touched |= {end for key in stale for end in key[1:]}
+        current = {_key(lk): lk for lk in self.store.find_links(
+            self.environment, touching=list(holders), link_types=held_types)} if held_types else {}
+        missing = {_key(lk) for lk in fresh} - set(current)
+        if missing:  # links of renamed objects held by others: compare them with what is stored too
+            current.update({_key(lk): lk for lk in self.store.find_links(
+                self.environment, touching=sorted({k[1] for k in missing}),
+                link_types=sorted({k[0] for k in missing})) if _key(lk) in missing})
+        differing = []
+        for link in fresh:
+            stored = current.get(_key(link))
+            if stored is None or _link_differs(link, stored):
+                differing.append(link)
+                if stored is not None:
+                    change.links_gone.add(_key(link))
+        if differing:
+            change.links_written += self.store.upsert_links(self.environment, differing)
+            change.links_added.extend(differing)
+        fresh_keys = {_key(lk) for lk in fresh}
+        stale = {key for key, lk in current.items() if key not in fresh_keys and self._held_by(lk, holders)}
+        if stale:
+            change.links_deleted += self.store.delete_links(self.environment, stale)
+            change.links_gone |= stale
 
     def _held_by(self, link: Doc, holders: dict[str, Doc]) -> bool:
         """A link belongs to a holder when the holder's type holds that link type and it is one end."""
@@ -296,15 +331,29 @@ class MapUpdater:
         return self._clique_setup
 
     def reclique(self, change: Change, touched: Iterable[str] = ()) -> None:
-        """Rebuild only the cliques that contain a changed object, plus changed focal objects' own."""
+        """Rebuild only the cliques a change can alter: the own clique of a new focal object (or one
+        whose constraint fields moved), those that included a link that went away or changed, those
+        a new link can extend (``clique_affected``), and every clique containing a ``touched`` id."""
         chosen, constraints = self._cliques()
-        ids = {o["id"] for o in change.upserted} | set(touched) | change.touched
-        if not ids:
-            return
-        focal_ids = {c["focal_point"] for c in self.store.find_cliques(self.environment, containing=list(ids))}
-        focal_ids |= {o["id"] for o in change.upserted if o["type"] in chosen}
+        everything = set(touched) | change.touched
+        focal_ids = set(change.focal_changed)
+        if everything:
+            focal_ids |= {c["focal_point"] for c in self.store.find_cliques(self.environment,
+                                                                            containing=list(everything))}
+        ends = {str(lk[end]) for lk in change.links_added for end in ("source_id", "target_id")}
+        ends |= {end for key in change.links_gone for end in key[1:]}
+        gone_ids = {link_id(*key) for key in change.links_gone}
+        if ends:
+            for clique in self.store.find_cliques(self.environment, containing=list(ends)):
+                if clique["focal_point"] in focal_ids:
+                    continue
+                clique_type = chosen.get(str(clique.get("focal_point_type")))
+                if clique_type is None or clique_affected(clique, clique_type, change.links_added, gone_ids):
+                    focal_ids.add(clique["focal_point"])
         focal_ids -= set(change.deleted)
-        focal = self.store.find_objects(self.environment, ids=focal_ids) if focal_ids else []
+        if not focal_ids:
+            return
+        focal = self.store.find_objects(self.environment, ids=focal_ids)
         cliques = build_cliques(self.environment, focal, chosen, constraints, StoreGraph(self.store, self.environment))
         gone = focal_ids - {c["focal_point"] for c in cliques}
         self.store.replace_cliques(self.environment, cliques, focal_points=focal_ids | gone)
@@ -315,14 +364,15 @@ class MapUpdater:
         """Delete an object with its subtree, links and own clique; rebuild the cliques it was in."""
         change = Change()
         self._bury([object_id])
-        containing = {c["focal_point"] for c in self.store.find_cliques(self.environment, containing=[object_id])}
-        neighbours = {e for lk in self.store.find_links(self.environment, touching=[object_id])
-                      for e in (lk["source_id"], lk["target_id"])} - {object_id}
+        subtree = {o["id"] for o in self.store.find_objects(self.environment, under=object_id)} | {object_id}
+        containing = {c["focal_point"] for c in self.store.find_cliques(self.environment, containing=list(subtree))}
         deleted = self.store.delete_subtree(self.environment, object_id)
         self._bury(deleted)
         change.deleted = deleted
         if containing - set(deleted):
-            self.reclique(change, touched=(containing - set(deleted)) | neighbours)
+            # only a clique that held the object can have held its links: rebuild exactly those
+            change.focal_changed |= containing - set(deleted)
+            self.reclique(change)
         return change
 
     # -- helpers for handlers ----------------------------------------------------------------------
@@ -364,6 +414,23 @@ class MapUpdater:
         scan = Scan(environment=self.environment, resource_types=resource_types)
         self.store.submit_scan(scan.to_doc())
         return f"{reason}; requested scan {scan.id} of {', '.join(resource_types)}"
+
+
+def _key(link: Doc) -> tuple[str, str, str]:
+    return (str(link["link_type"]), str(link["source_id"]), str(link["target_id"]))
+
+
+def _link_differs(fresh: Doc, stored: Doc) -> bool:
+    """Whether writing ``fresh`` would change the stored link (the monitor's fields are not the
+    finder's: they are neither compared nor overwritten)."""
+    normal = loads(dumps(fresh))  # the shapes a stored document comes back in (lists, not tuples)
+    for key, value in normal.items():
+        if key not in MONITOR_FIELDS and stored.get(key) != value:
+            return True
+    return any(key not in normal and key not in MONITOR_FIELDS and key not in _STORE_ADDED for key in stored)
+
+
+_STORE_ADDED = frozenset({"environment", MONITOR_STATUS, "_id"})
 
 
 class _NoClient:

@@ -57,6 +57,11 @@ class EventBase:
         name = self.handles.get(event_type)
         return getattr(self, name) if name else None
 
+    def coalesce_key(self, n: Notification) -> tuple[str, str] | None:
+        """A key when handling a later event with the same key makes handling this one pointless
+        (see ``Dispatcher.coalesce_key``); None, the default, always handles the event."""
+        return None
+
 
 class PayloadHandler(EventBase):
     """Neutron-style events whose payload *is* the API item (``{"port": {...}}``): place it as a scan
@@ -65,6 +70,15 @@ class PayloadHandler(EventBase):
     kind: ClassVar[str] = ""
     item_key: ClassVar[str] = ""
     id_key: ClassVar[str] = ""
+
+    def coalesce_key(self, n: Notification) -> tuple[str, str] | None:
+        # Only where the object is re-read from the API: a trusted payload is only as new as its own
+        # revision, and a later event can carry an older one.
+        if self.handles.get(n.event_type) != "upsert" or self.updater.trust_payloads:
+            return None
+        item = n.data.get(self.item_key)
+        oid = item.get("id") if isinstance(item, dict) else None
+        return (self.kind, oid) if isinstance(oid, str) and oid else None
 
     def upsert(self, n: Notification) -> EventResult:
         item = n.data.get(self.item_key)

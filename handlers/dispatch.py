@@ -97,6 +97,12 @@ class Dispatcher:
     def bindings(self) -> list[tuple[str, str]]:
         return [(b.exchange, key) for b in self.config.bindings for key in b.routing_keys]
 
+    def coalesce_key(self, notification: Notification) -> tuple[str, str] | None:
+        """(kind, object id) when this event only brings an object up to date: then a later event with
+        the same key, handled after it, leaves the map exactly as handling both would."""
+        handler = self.table.get(notification.event_type)
+        return handler.coalesce_key(notification) if handler is not None else None
+
     def handle(self, notification: Notification) -> EventResult:
         handler = self.table.get(notification.event_type)
         if handler is None:

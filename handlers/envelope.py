@@ -67,6 +67,8 @@ def parse(body: Any) -> Notification:
             body = json.loads(body)
         except json.JSONDecodeError as exc:
             raise BadMessage("not_json", exc.msg) from None
+        except RecursionError:
+            raise BadMessage("too_deep", "JSON nested deeper than the decoder allows") from None
     if not isinstance(body, dict):
         raise BadMessage("not_an_object", type(body).__name__)
     if "oslo.message" in body:
@@ -77,6 +79,8 @@ def parse(body: Any) -> Notification:
             body = json.loads(inner)
         except json.JSONDecodeError as exc:
             raise BadMessage("bad_envelope", f"oslo.message is not JSON: {exc.msg}") from None
+        except RecursionError:
+            raise BadMessage("too_deep", "oslo.message nested deeper than the decoder allows") from None
         if not isinstance(body, dict):
             raise BadMessage("bad_envelope", "oslo.message is not an object")
     event_type = body.get("event_type")

@@ -42,6 +42,15 @@ class InstanceHandler(EventBase):
         **{e: "deleted" for e in DELETED},
     }
 
+    def coalesce_key(self, n: Notification) -> tuple[str, str] | None:
+        """Every ``changed`` event re-reads the server, so of several waiting for one instance only the
+        last needs handling; except volume (de)attaches, whose own check that the API caught up
+        (``api_lags``) a later event would not repeat."""
+        if self.handles.get(n.event_type) != "changed" or "volume" in n.event_type:
+            return None
+        oid = instance_id(n)
+        return ("instance", oid) if oid else None
+
     @staticmethod
     def api_lags(n: Notification, server: dict[str, Any]) -> str | None:
         """Nova notifies a volume (de)attach before its API shows it: read again later, not now."""

@@ -134,6 +134,8 @@ class MysqlSection(_Section):
     pwd: SecretStr | None = None
     neutron_db: str = "neutron"
     nova_db: str = "nova"
+    nova_api_db: str = Field("nova_api", description="nova's API database (host aggregates live there)")
+    region: str | None = Field(None, description="the region whose databases these are, when there are several")
     secret_fields: ClassVar[tuple[str, ...]] = ("pwd",)
 
 

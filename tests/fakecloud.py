@@ -39,7 +39,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
-from stackmap.discovery.scanners import FolderSpec, load_scanners
+from stackmap.discovery.scanners import FolderSpec, condition_matches, load_scanners
 from stackmap.model import stable_id
 
 Item = dict[str, Any]
@@ -55,17 +55,26 @@ _EPOCH = datetime(2024, 3, 1, 12, 0, 0, tzinfo=UTC)
 # sizes
 
 
+# what scanner conditions see of the environments the fake cloud's tests scan (OpenStack section only)
+FAKE_ENVIRONMENT: dict[str, Any] = {"environment_type": "OpenStack", "distribution": "Stock",
+                                    "mechanism_drivers": ["OVS"], "type_drivers": "vxlan",
+                                    "configuration": [{"name": "OpenStack"}]}
+
+
 @functools.lru_cache(maxsize=1)
 def folder_layout() -> dict[str, list[tuple[str, str]]]:
     """Parent object type -> [(folder object type, types_name)], as ``config/scanners.json`` says.
 
     Folders are presentation, not cloud data: taking them from the shipped config keeps the
     expected map right when a folder is added there, while the objects themselves still come from
-    the cloud.
+    the cloud. Entries whose ``environment_condition`` the fake cloud's environments do not meet
+    (say, those that need a mysql or CLI section) are left out, as a scan leaves them out.
     """
     layout: dict[str, list[tuple[str, str]]] = {}
     for entries in load_scanners().scanners.values():
         for entry in entries:
+            if not condition_matches(entry.environment_condition, FAKE_ENVIRONMENT):
+                continue
             if isinstance(entry.fetcher, FolderSpec):
                 layout.setdefault(entry.fetcher.parent_type, []).append((entry.type, entry.fetcher.types_name))
     return layout
@@ -1394,3 +1403,64 @@ def closed_port_url() -> str:
         port = sock.getsockname()[1]
     return f"http://127.0.0.1:{port}"
 
+
+# a single item, as the handlers read it back: (service type, collection in the path) -> (listing, key)
+SHOW: dict[tuple[str, str], tuple[tuple[str, str], str]] = {
+    ("network", "ports"): (("network", "/ports"), "port"),
+    ("network", "networks"): (("network", "/networks"), "network"),
+    ("network", "subnets"): (("network", "/subnets"), "subnet"),
+    ("network", "routers"): (("network", "/routers"), "router"),
+    ("network", "floatingips"): (("network", "/floatingips"), "floatingip"),
+    ("network", "security-groups"): (("network", "/security-groups"), "security_group"),
+    ("compute", "servers"): (("compute", "/servers/detail"), "server"),
+}
+FILTERS = {"device_id", "network_id", "device_owner"}
+
+
+class ShowingServer(FakeCloudServer):
+    """``FakeCloudServer`` answers listings only, and ignores listing filters. The handlers also read
+    single items (``GET /ports/{id}``, ``/servers/{id}``) and filtered listings (``?device_id=``), as a
+    real cloud serves them in O(1): without this, every event would find its object "gone from the
+    API" (and delete it), and an instance event would list every port of the cloud."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._index: dict[tuple[str, str], tuple[tuple[int, int], dict[str, Any]]] = {}
+
+    def _indexed(self, region: str, listing: Any, field: str) -> dict[str, Any]:
+        items = self._items(region, listing, None, (2, 96))
+        stamp = (self.cloud.version, id(items))  # the version too: a freed list's id can come back
+        cached = self._index.get((listing.view, field))
+        if cached is None or cached[0] != stamp:
+            index: dict[str, Any] = {}
+            for item in items:
+                if field == "id":
+                    index[str(item["id"])] = item
+                else:
+                    index.setdefault(str(item.get(field)), []).append(item)
+            cached = self._index[(listing.view, field)] = (stamp, index)
+        return cached[1]
+
+    def _route(self, method: str, path: str, query: list[tuple[str, str]], headers: dict[str, str],
+               body: bytes) -> tuple[int, Any, dict[str, str]]:
+        segments = [s for s in path.split("/") if s]
+        region = self.cloud.size.regions[0]
+        svc = _BY_PREFIX.get(segments[0]) if segments else None
+        if method == "GET" and svc is not None and len(segments) == 4 and (svc.type, segments[2]) in SHOW \
+                and (svc.type, f"/{segments[2]}/{segments[3]}") not in LISTINGS:
+            self._check_token(headers)
+            (listing_key, key) = SHOW[(svc.type, segments[2])]
+            item = self._indexed(region, LISTINGS[listing_key], "id").get(segments[3])
+            if item is None:
+                raise _HTTPError(404, _error(svc, 404, f"{key} {segments[3]} not found"))
+            return 200, {key: item}, {}
+        filters = {k: v for k, v in query if k in FILTERS}
+        if method == "GET" and svc is not None and filters and len(segments) == 3:
+            listing = LISTINGS.get((svc.type, "/" + segments[2]))
+            if listing is not None:
+                self._check_token(headers)
+                (field, value), *more = filters.items()
+                items = self._indexed(region, listing, field).get(value, [])
+                items = [i for i in items if all(str(i.get(k)) == v for k, v in more)]
+                return 200, {listing.key: items}, {}
+        return super()._route(method, path, query, headers, body)

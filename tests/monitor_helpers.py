@@ -71,7 +71,8 @@ def body(doc: dict[str, Any]) -> bytes:
 class CountingStore:
     """Delegates to a real store and counts the writes the monitor handler can make."""
 
-    WRITES = ("update_object", "update_link", "append_messages", "upsert_objects", "upsert_links")
+    WRITES = ("update_object", "update_link", "update_objects", "update_links", "append_messages", "upsert_objects",
+              "upsert_links")
 
     def __init__(self, inner: Store) -> None:
         self.inner = inner

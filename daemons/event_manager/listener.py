@@ -38,7 +38,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -99,7 +99,10 @@ class EventSink(Protocol):
     writes are committed when it returns, unless the sink also has a ``flush()`` method: then the
     listener calls ``flush()`` before acknowledging a batch, and ``flush`` raises ``StoreError`` if the
     writes could not be committed. An optional ``event_types()`` names the event types it handles
-    (used only to keep metric labels bounded; a ``table`` dict attribute serves too).
+    (used only to keep metric labels bounded; a ``table`` dict attribute serves too). An optional
+    ``coalesce_key(notification)`` returns a key when handling a *later* notification with the same
+    key makes handling this one pointless (both re-read the same object): of the deliveries waiting
+    together, only the last one per key is handled, the others are acknowledged as ``coalesced``.
     """
 
     def bindings(self) -> list[tuple[str, str]]: ...
@@ -341,6 +344,7 @@ class _Delivery:
     reason: str = ""
     detail: str = ""
     committed_at: float = 0.0
+    key: Hashable | None = None  # same key, later delivery: this one need not be handled (coalesce_key)
 
 
 class _Stopped(Exception):
@@ -457,6 +461,9 @@ class Listener:
         self.names = QueueNames.for_environment(environment)
         self.bindings = sorted(set(sink.bindings()))
         self._flush = _sink_flush(sink)
+        key_of = getattr(sink, "coalesce_key", None)
+        self._coalesce_key: Callable[[Notification], Hashable | None] | None = key_of if callable(key_of) else None
+        self._latest: dict[Hashable, _Delivery] = {}
         self._known = _sink_event_types(sink)
         self._stop = threading.Event()
         self._inbox: deque[_Delivery] = deque()
@@ -517,6 +524,7 @@ class Listener:
         self._m_reconnects.inc()
         # what was received but not acknowledged is the broker's again: it redelivers it
         self._inbox.clear()
+        self._latest.clear()
         self._done.clear()
         reason = f"broker connection lost: {type(exc).__name__}: {exc}"
         log.warning("broker connection lost; reconnecting", environment=self.environment, error=reason)
@@ -708,7 +716,15 @@ class Listener:
         if counter is None:
             counter = self._m_received[label] = M.EVENTS_RECEIVED.labels(self.environment, label)
         counter.inc()
-        self._inbox.append(_Delivery(message, notification, bad, label, attempt))
+        delivery = _Delivery(message, notification, bad, label, attempt)
+        if notification is not None and self._coalesce_key is not None:
+            try:
+                delivery.key = self._coalesce_key(notification)
+            except Exception as exc:  # a key is an optimisation: without one the event is simply handled
+                log.warning("coalesce_key failed", environment=self.environment, error=f"{type(exc).__name__}: {exc}")
+            if delivery.key is not None:
+                self._latest[delivery.key] = delivery
+        self._inbox.append(delivery)
 
     def _work(self, now: float, idle: bool) -> None:
         """Handle what has arrived, in delivery order, then settle the batch when it is due.
@@ -744,6 +760,13 @@ class Listener:
             d.reason = d.bad.reason if isinstance(d.bad, BadMessage) else "undecodable"
             d.detail = _text(d.bad if isinstance(d.bad, BadMessage) else f"{type(d.bad).__name__}: {d.bad}")
             return True
+        if d.key is not None:
+            latest = self._latest.get(d.key)
+            if latest is not None and latest is not d:
+                # a later event for the same object is waiting, and the sink says handling it gives
+                # the state this one would give (it re-reads the object): handling this one is waste
+                d.result, d.committed_at = M.COALESCED, time.time()
+                return True
         start = time.perf_counter()
         try:
             result = self.sink.handle(d.notification)
@@ -760,6 +783,8 @@ class Listener:
         if is_store_outage(result):
             self._outage_reason = result.message
             return False
+        if d.key is not None and self._latest.get(d.key) is d:
+            del self._latest[d.key]
         hist = self._m_seconds.get(d.label)
         if hist is None:
             hist = self._m_seconds[d.label] = M.HANDLING_SECONDS.labels(self.environment, d.label)
@@ -834,7 +859,7 @@ class Listener:
                             event_type=d.notification.event_type if d.notification else None,
                             message_id=d.notification.message_id if d.notification else None,
                             attempt=d.attempt)
-            if d.notification is not None and d.result in (M.HANDLED, M.IGNORED):
+            if d.notification is not None and d.result in (M.HANDLED, M.IGNORED, M.COALESCED):
                 committed.append((d.notification, d.committed_at))
                 stamp = _timestamp_of(d.notification)
                 if stamp is not None:

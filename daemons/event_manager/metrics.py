@@ -20,6 +20,7 @@ from prometheus_client import Counter, Gauge, Histogram
 # results of one delivery
 HANDLED = "handled"
 IGNORED = "ignored"
+COALESCED = "coalesced"  # superseded by a later event for the same object in the same window
 RETRIED = "retried"
 DEAD_LETTERED = "dead_lettered"
 DROPPED = "dropped"  # not even a dead-letter copy could be published (logged as an error)

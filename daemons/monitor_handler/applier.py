@@ -261,8 +261,9 @@ class StatusApplier:
         try:
             if messages:
                 report.messages = self.store.append_messages(messages)
-            for key, (target, changes) in pending.items():
-                if self._write(target, changes):
+            written = self._write_all([(target, changes) for target, changes in pending.values()])
+            for key, (target, _changes) in pending.items():
+                if key in written:
                     if key in derived:
                         report.derived_writes += 1
                     else:
@@ -286,10 +287,22 @@ class StatusApplier:
         self._states.pop(target.key, None)
         self._targets.pop(target.key, None)
 
-    def _write(self, target: Target, changes: dict[str, Any]) -> bool:
-        if isinstance(target, ObjectTarget):
-            return self.store.update_object(target.environment, target.object_id, changes)
-        return self.store.update_link(target.environment, target.link_key, changes)
+    def _write_all(self, writes: Iterable[tuple[Target, dict[str, Any]]]) -> set[tuple[str, ...]]:
+        """One store write per environment and kind (objects, links) for a whole batch: a status
+        change costs a row update, not a transaction. Returns the keys of the targets that exist."""
+        objects: dict[str, dict[str, dict[str, Any]]] = {}
+        links: dict[str, dict[tuple[str, str, str], dict[str, Any]]] = {}
+        for target, changes in writes:
+            if isinstance(target, ObjectTarget):
+                objects.setdefault(target.environment, {})[target.object_id] = changes
+            else:
+                links.setdefault(target.environment, {})[target.link_key] = changes
+        found: set[tuple[str, ...]] = set()
+        for env, by_id in objects.items():
+            found.update(("object", env, oid) for oid in self.store.update_objects(env, by_id))
+        for env, by_key in links.items():
+            found.update(LinkTarget(env, *key).key for key in self.store.update_links(env, by_key))
+        return found
 
     # -- last-seen flushing ------------------------------------------------------------------------
     def flush_last_seen(self, *, force: bool = False) -> int:
@@ -302,15 +315,21 @@ class StatusApplier:
             self._flush_queue = [key for key, state in self._states.items() if state.seen_dirty]
         written = 0
         while self._flush_queue and (force or written < self.flush_chunk):
-            key = self._flush_queue.pop()
-            state, target = self._states.get(key), self._targets.get(key)
-            if state is None or target is None or not state.seen_dirty or state.last_seen is None:
-                continue
-            if self._write(target, {"status_last_seen": datetime.fromtimestamp(state.last_seen, UTC)}):
-                state.seen_dirty = False
-                written += 1
-            else:
-                self.forget(target)
+            chunk: list[tuple[_State, Target]] = []
+            while self._flush_queue and len(chunk) < self.flush_chunk:
+                key = self._flush_queue.pop()
+                state, target = self._states.get(key), self._targets.get(key)
+                if state is not None and target is not None and state.seen_dirty and state.last_seen is not None:
+                    chunk.append((state, target))
+            found = self._write_all(
+                (target, {"status_last_seen": datetime.fromtimestamp(state.last_seen or 0, UTC)})
+                for state, target in chunk)
+            for state, target in chunk:
+                if target.key in found:
+                    state.seen_dirty = False
+                    written += 1
+                else:
+                    self.forget(target)
         return written
 
     def dirty_last_seen(self) -> int:

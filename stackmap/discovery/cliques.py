@@ -391,3 +391,51 @@ def build_cliques(
         doc["links_detailed"] = list(links.values())
         cliques.append(doc)
     return cliques
+
+
+# --------------------------------------------------------------------------------------------------
+# which stored cliques a change of links can alter
+
+
+def clique_affected(
+    clique: Mapping[str, Any],
+    clique_type: Mapping[str, Any],
+    added: Iterable[Mapping[str, Any]],
+    removed: Iterable[str],
+) -> bool:
+    """Whether rebuilding ``clique`` could give anything else after these link changes.
+
+    A clique is a function of its focal object and the links its walk reaches. A link that went away
+    (or whose content changed: ``removed`` holds its id too) matters only to a clique that included
+    it. A new link matters only if, at a step that follows its type, one of its ends was already in
+    the walk's frontier. The frontier at that step is at most the focal object plus the ends of the
+    clique's links whose type is followed at an earlier step, so an end outside that set proves the
+    clique unaffected; this is what keeps a new port on a busy network from rebuilding the clique of
+    every other instance on that network.
+    """
+    own = set(clique.get("links") or ())
+    if own.intersection(removed):
+        return True
+    steps = list(clique_type.get("link_types") or ())
+    first: dict[str, int] = {}
+    for index, link_type in enumerate(steps):
+        first.setdefault(link_type, index)
+    reached: dict[int, set[str]] | None = None
+    for link in added:
+        link_type = str(link["link_type"])
+        if link_type not in first:
+            continue
+        last = max(i for i, step in enumerate(steps) if step == link_type)
+        if reached is None:
+            reached = defaultdict(set)
+            for known in clique.get("links_detailed") or ():
+                at = first.get(str(known.get("link_type")))
+                if at is not None:
+                    reached[at].update((str(known["source_id"]), str(known["target_id"])))
+        frontier = {str(clique.get("focal_point"))}
+        for index, ends in reached.items():
+            if index < last:
+                frontier |= ends
+        if str(link["source_id"]) in frontier or str(link["target_id"]) in frontier:
+            return True
+    return False

@@ -22,6 +22,7 @@ from stackmap.discovery.api.fetchers import Doc, FetchContext
 from stackmap.discovery.api.resources import Resource, ResourceCache
 from stackmap.discovery.api.transport import CountingAdapter, RecordingAdapter, ReplayAdapter
 from stackmap.discovery.cliques import MemoryGraph, build_cliques, seed_defaults, select_clique_types
+from stackmap.discovery.db.facts import DbFacts
 from stackmap.discovery.engine import Engine, environment_root
 from stackmap.discovery.links import MemoryLookup, find_links, link_types_of, load_link_finders
 from stackmap.discovery.scanners import ROOT_SCANNER, ScannersConfig, load_scanners
@@ -156,6 +157,10 @@ class Scanner:
         finally:
             self.summary.api_calls = self.adapter.calls
             self.summary.duration_s = round(time.perf_counter() - started, 3)
+            # Close the scan's keep-alive connections now: a long-lived process runs scan after scan,
+            # and idle connections left to the garbage collector pile up in the API services (an
+            # eventlet API worker serves ~100 connections, then accepts no more until they time out).
+            self.adapter.close()
         self.summary.status = status.value
         self._finish(status)
         return self.summary
@@ -190,10 +195,25 @@ class Scanner:
         except ApiError as exc:
             raise StackmapError(str(exc)) from None
         cache = ResourceCache(client, regions)
-        ctx = FetchContext(env_name, cache, self.env.to_doc())
+        db = DbFacts.for_environment(self.env, self.box)
+        ctx = FetchContext(env_name, cache, self.env.to_doc(), db=db)
         engine = Engine(scanners, ctx, on_level=self.progress.counted)
-        if self.options.resource_types:
-            return self._inventory_of_types(engine, cache, self.options.resource_types)
+        try:
+            if self.options.resource_types:
+                return self._inventory_of_types(engine, cache, self.options.resource_types)
+            return self._inventory_walk(scanners, engine, cache)
+        finally:
+            if db is not None:
+                db.close()
+
+    def _db_failures(self, engine: Engine) -> None:
+        """What the databases could not give, as scan errors (their fetchers' types are already failed)."""
+        db = engine.ctx.db
+        for failure in db.failures if db is not None else []:
+            self.summary.errors.append(f"mysql {failure.facts}: {failure.message}")
+
+    def _inventory_walk(self, scanners: ScannersConfig, engine: Engine, cache: ResourceCache) -> bool:
+        env_name = self.env.name
         start_scanner, parents, only, prune_under = self._starting_point(scanners, engine)
 
         def fetched(res: Resource, region: str, count: int) -> None:
@@ -209,6 +229,7 @@ class Scanner:
         result = engine.walk(parents, start_scanner, only_ids=only)
         for failure in cache.failures:  # after the walk: fetchers may read extra collections on the way
             self.summary.errors.append(f"{failure.resource} ({failure.region}): {failure.message}")
+        self._db_failures(engine)
         self.summary.warnings.extend(result.warnings[:50])
         complete = result.complete and not cache.failures
         self.summary.objects_written = self.store.upsert_objects(env_name, result.objects)
@@ -300,6 +321,7 @@ class Scanner:
                     self._delete(gone)
             else:
                 complete = False
+        self._db_failures(engine)
         self.summary.objects_by_type = dict(counts)
         return complete
 

@@ -48,6 +48,7 @@ class ScannersConfig(BaseModel):
 
     @model_validator(mode="after")
     def _references(self) -> ScannersConfig:
+        import stackmap.discovery.db.fetchers  # noqa: F401  (registers the DB fetchers)
         from stackmap.discovery.api.fetchers import Fetcher
 
         if ROOT_SCANNER not in self.scanners:
@@ -97,11 +98,16 @@ def load_scanners(path: str | Path | None = None) -> ScannersConfig:
 
 
 def condition_matches(condition: dict[str, Any] | None, env: dict[str, Any]) -> bool:
-    """Whether a scanner entry applies to an environment (mechanism drivers match if the lists intersect)."""
+    """Whether a scanner entry applies to an environment (mechanism drivers match if the lists intersect;
+    ``sections`` lists configuration sections the environment must all have, e.g. ``["mysql"]``)."""
     if not condition:
         return True
     for key, wanted in condition.items():
-        if key == "environment_type":
+        if key == "sections":
+            have_sections = {s.get("name") for s in env.get("configuration") or [] if isinstance(s, dict)}
+            if not set(wanted if isinstance(wanted, list) else [wanted]) <= have_sections:
+                return False
+        elif key == "environment_type":
             if env.get("environment_type", "OpenStack") != wanted:
                 return False
         elif key == "mechanism_drivers":

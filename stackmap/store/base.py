@@ -100,6 +100,11 @@ class Store(abc.ABC):
     def update_object(self, environment: str, object_id: str, changes: Mapping[str, Any]) -> bool:
         """Set top-level fields of one object (status from monitoring, a rename...); False if unknown."""
 
+    def update_objects(self, environment: str, changes: Mapping[str, Mapping[str, Any]]) -> set[str]:
+        """``update_object`` for many objects at once (id -> fields), as one write where the backend can:
+        the monitor handler commits a whole batch of status changes this way. Returns the ids found."""
+        return {oid for oid, fields in changes.items() if self.update_object(environment, oid, fields)}
+
     @abc.abstractmethod
     def object_ids(self, environment: str, types: Iterable[str] | None = None) -> set[str]:
         """Ids of the environment's objects (of the given types), for finding what a scan did not see."""
@@ -140,6 +145,10 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def update_link(self, environment: str, key: LinkKey, changes: Mapping[str, Any]) -> bool:
         """Set top-level fields of one link (e.g. its monitored status); False if unknown."""
+
+    def update_links(self, environment: str, changes: Mapping[LinkKey, Mapping[str, Any]]) -> set[LinkKey]:
+        """``update_link`` for many links at once, as one write where the backend can; returns the keys found."""
+        return {key for key, fields in changes.items() if self.update_link(environment, key, fields)}
 
     @abc.abstractmethod
     def link_keys(self, environment: str, link_types: Iterable[str] | None = None) -> set[LinkKey]: ...

@@ -80,6 +80,11 @@ def _idlist(ids: Iterable[str]) -> str:
     return json.dumps(list(ids))
 
 
+def _monitor_only(fields: Mapping[str, Any]) -> bool:
+    """Whether a change touches only the monitor's column (its fields and its status label)."""
+    return all(key in MONITOR_FIELDS or key == MONITOR_STATUS for key in fields)
+
+
 def path_from_url(url: str) -> Path:
     if not url.startswith("sqlite:///"):
         raise StoreError(f"not a SQLite store URL: {url}")
@@ -270,24 +275,45 @@ class SqliteStore(Store):
         return [self._object(row) for row in self._read(sql, params)]
 
     def update_object(self, environment: str, object_id: str, changes: Mapping[str, Any]) -> bool:
+        return bool(self.update_objects(environment, {object_id: changes}))
+
+    def update_objects(self, environment: str, changes: Mapping[str, Mapping[str, Any]]) -> set[str]:
+        if not changes:
+            return set()
+        found: set[str] = set()
         with self._write() as cur:
-            row = cur.execute("SELECT doc, last_scanned, monitor FROM inventory WHERE environment = ? AND id = ?",
-                              (environment, object_id)).fetchone()
-            if row is None:
-                return False
-            doc: Doc = loads(row[0])
-            monitor: Doc = loads(row[2]) if row[2] is not None else {}
-            scanned = parse_iso(row[1]) if row[1] is not None else None
-            scanned = changes.get("last_scanned", scanned)
-            self._split(doc, monitor, {k: v for k, v in changes.items() if k != "last_scanned"})
-            doc["id"] = object_id
-            cur.execute(
+            if all(_monitor_only(fields) for fields in changes.values()):
+                # the monitor's own column only: the document is neither decoded nor rewritten
+                rows = cur.execute(f"SELECT id, monitor FROM inventory WHERE environment = ? AND id IN {_IDS}",
+                                   (environment, _idlist(changes))).fetchall()
+                params = []
+                for oid, raw_monitor in rows:
+                    monitor: Doc = loads(raw_monitor) if raw_monitor is not None else {}
+                    monitor.update(changes[oid])
+                    params.append((dumps(monitor), environment, oid))
+                    found.add(oid)
+                cur.executemany("UPDATE inventory SET monitor = ? WHERE environment = ? AND id = ?", params)
+                return found
+            rows = cur.execute(
+                f"SELECT id, doc, last_scanned, monitor FROM inventory WHERE environment = ? AND id IN {_IDS}",
+                (environment, _idlist(changes))).fetchall()
+            full = []
+            for oid, raw_doc, raw_scanned, raw_monitor in rows:
+                fields = changes[oid]
+                doc: Doc = loads(raw_doc)
+                mon: Doc = loads(raw_monitor) if raw_monitor is not None else {}
+                scanned = parse_iso(raw_scanned) if raw_scanned is not None else None
+                scanned = fields.get("last_scanned", scanned)
+                self._split(doc, mon, {k: v for k, v in fields.items() if k != "last_scanned"})
+                doc["id"] = oid
+                full.append((doc["type"], doc.get("parent_id"), doc.get("id_path") or "",
+                             iso(scanned) if scanned is not None else None, dumps(doc),
+                             dumps(mon) if mon else None, environment, oid))
+                found.add(oid)
+            cur.executemany(
                 "UPDATE inventory SET type = ?, parent_id = ?, id_path = ?, last_scanned = ?, doc = ?, monitor = ? "
-                "WHERE environment = ? AND id = ?",
-                (doc["type"], doc.get("parent_id"), doc.get("id_path") or "",
-                 iso(scanned) if scanned is not None else None, dumps(doc), dumps(monitor) if monitor else None,
-                 environment, object_id))
-            return True
+                "WHERE environment = ? AND id = ?", full)
+        return found
 
     def object_ids(self, environment: str, types: Iterable[str] | None = None) -> set[str]:
         if types is None:
@@ -397,18 +423,34 @@ class SqliteStore(Store):
                 doc[key] = value
 
     def update_link(self, environment: str, key: LinkKey, changes: Mapping[str, Any]) -> bool:
+        return bool(self.update_links(environment, {key: changes}))
+
+    def update_links(self, environment: str, changes: Mapping[LinkKey, Mapping[str, Any]]) -> set[LinkKey]:
+        if not changes:
+            return set()
         where = "environment = ? AND link_type = ? AND source_id = ? AND target_id = ?"
+        found: set[LinkKey] = set()
         with self._write() as cur:
-            row = cur.execute(f"SELECT doc, monitor FROM links WHERE {where}", (environment, *key)).fetchone()
-            if row is None:
-                return False
-            doc = loads(row[0])
-            monitor = loads(row[1]) if row[1] is not None else {}
-            self._split(doc, monitor, changes)
-            doc.update(link_type=key[0], source_id=key[1], target_id=key[2])
-            cur.execute(f"UPDATE links SET doc = ?, monitor = ? WHERE {where}",
-                        (dumps(doc), dumps(monitor) if monitor else None, environment, *key))
-            return True
+            for key, fields in changes.items():
+                if _monitor_only(fields):
+                    row = cur.execute(f"SELECT monitor FROM links WHERE {where}", (environment, *key)).fetchone()
+                    if row is None:
+                        continue
+                    monitor: Doc = loads(row[0]) if row[0] is not None else {}
+                    monitor.update(fields)
+                    cur.execute(f"UPDATE links SET monitor = ? WHERE {where}", (dumps(monitor), environment, *key))
+                else:
+                    row = cur.execute(f"SELECT doc, monitor FROM links WHERE {where}", (environment, *key)).fetchone()
+                    if row is None:
+                        continue
+                    doc = loads(row[0])
+                    mon: Doc = loads(row[1]) if row[1] is not None else {}
+                    self._split(doc, mon, fields)
+                    doc.update(link_type=key[0], source_id=key[1], target_id=key[2])
+                    cur.execute(f"UPDATE links SET doc = ?, monitor = ? WHERE {where}",
+                                (dumps(doc), dumps(mon) if mon else None, environment, *key))
+                found.add(key)
+        return found
 
     def link_keys(self, environment: str, link_types: Iterable[str] | None = None) -> set[LinkKey]:
         if link_types is None:

@@ -334,6 +334,34 @@ def test_update_object_and_link_fields(store: Store) -> None:
     assert not store.update_link(ENV, ("instance-vnic", "i1", "zz"), {"status": "OK"})
 
 
+def test_update_many_objects_and_links_at_once(store: Store) -> None:
+    store.upsert_objects(ENV, [*tree(), obj("p1", "port", "/lab/p1", status="ACTIVE")])
+    store.upsert_links(ENV, [link("instance-vnic", "i1", "v1"), link("host-instance", "h1", "i1")])
+    found = store.update_objects(ENV, {
+        "v1": {"status": "Critical", "status_value": 2, "status_timestamp": T0},
+        "p1": {"status": "Warning", "status_value": 1},  # the API's own status stays
+        "i1": {"name": "renamed"},  # not a monitor field: the document itself changes
+        "gone": {"status": "OK"},
+    })
+    assert found == {"v1", "p1", "i1"}
+    assert store.update_objects(ENV, {}) == set()
+    v1, p1, i1 = (store.get_object(ENV, oid) for oid in ("v1", "p1", "i1"))
+    assert (v1["status"], v1["status_value"], v1["status_timestamp"]) == ("Critical", 2, T0)
+    assert (p1["status"], p1["status_value"]) == ("ACTIVE", 1)
+    assert i1["name"] == "renamed" and i1["id_path"] == "/lab/r1/h1/i1"
+    assert store.get_object(ENV, "gone") is None
+    keys = store.update_links(ENV, {("instance-vnic", "i1", "v1"): {"status": "OK", "status_value": 0},
+                                    ("host-instance", "h1", "i1"): {"status_text": "fine", "label": "x"},
+                                    ("instance-vnic", "i1", "zz"): {"status": "OK"}})
+    assert keys == {("instance-vnic", "i1", "v1"), ("host-instance", "h1", "i1")}
+    by_type = {doc["link_type"]: doc for doc in store.find_links(ENV)}
+    assert by_type["instance-vnic"]["status"] == "OK" and by_type["instance-vnic"]["status_value"] == 0
+    assert by_type["host-instance"]["status_text"] == "fine" and by_type["host-instance"]["label"] == "x"
+    # monitor fields written in a batch survive a rescan like single updates do
+    assert store.upsert_objects(ENV, tree()) == 1  # i1's name comes back from the scan; v1 is unchanged
+    assert store.get_object(ENV, "v1")["status_value"] == 2
+
+
 def test_update_scheduled_scan_is_compare_and_set(store: Store) -> None:
     store.upsert_scheduled_scan(ScheduledScan(id="a", environment=ENV, freq="HOURLY", submit_timestamp=T0,
                                               scheduled_timestamp=T0).to_doc())

@@ -1,74 +1,131 @@
-"""A minimal consumer for e2e tests: a private queue on the rig's notification exchanges whose
-messages go through the real Dispatcher, so a test can wait until the map has caught up."""
+"""The product's own consumer for e2e tests: a real ``Listener`` (its queue, batching, retries with
+delay, coalescing) in a thread, driving the real Dispatcher, so a test can wait until the map has
+caught up and measure how long each notification took to reach it.
+
+The listener runs under its own environment name (its queues are ``stackmap.notifications.<name>``,
+deleted on close) so it never competes with a real event manager for the rig's notifications.
+"""
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
+from collections.abc import Callable
+from contextlib import suppress
+from datetime import UTC, datetime
 from typing import Any
 
 import kombu
 
-from handlers.envelope import BadMessage, parse
+from daemons.event_manager.listener import Listener, QueueNames
+from handlers.base import EventResult
+from handlers.envelope import Notification
+from stackmap.settings import EventManagerSettings
 
 RIG_BROKER = "amqp://guest:guest@127.0.0.1:5672//"
 
 
-class BusTap:
+class _Recording:
+    """The dispatcher as the listener's sink, remembering every final result."""
+
     def __init__(self, dispatcher: Any, bindings: list[tuple[str, str]]) -> None:
         self.dispatcher = dispatcher
-        self.queue_name = f"stackmap.e2e.{uuid.uuid4().hex[:8]}"
-        self.conn = kombu.Connection(RIG_BROKER)
-        self.channel = self.conn.channel()
-        self.queue = kombu.Queue(self.queue_name, channel=self.channel, auto_delete=False, durable=False)
-        self.queue.declare()
-        for exchange, key in bindings:
-            ex = kombu.Exchange(exchange, type="topic", durable=False, channel=self.channel)
-            ex.declare()
-            self.queue.bind_to(ex, routing_key=key)
-        self.results: list[tuple[str, Any]] = []
-        self.last_handled = time.monotonic()
+        self._bindings = bindings
+        self.table = getattr(dispatcher, "table", {})
+        self.lock = threading.Lock()
+        self.final: list[tuple[str, EventResult]] = []
+        self.retried: set[str] = set()  # message ids that waited for the API on purpose
+        self.last = time.monotonic()
 
-    def drain(self, quiet_for: float = 3.0, timeout: float = 60.0) -> list[tuple[str, Any]]:
-        """Handle messages until none arrived for ``quiet_for`` seconds; returns what was handled."""
-        handled: list[tuple[str, Any]] = []
-        deadline = time.monotonic() + timeout
-        quiet_since = time.monotonic()
-        later: list[tuple[float, int, Any]] = []  # (due, attempt, notification): retries with a delay
-        while time.monotonic() < deadline and (time.monotonic() - quiet_since < quiet_for or later):
-            due = [item for item in later if item[0] <= time.monotonic()]
-            for item in due:
-                later.remove(item)
-                result = self.dispatcher.handle(item[2])
-                if result.retry and item[1] < 10:
-                    later.append((time.monotonic() + 0.5, item[1] + 1, item[2]))
-                else:
-                    handled.append((item[2].event_type, result))
-                quiet_since = time.monotonic()
-            message = self.queue.get(no_ack=False)
-            if message is None:
-                time.sleep(0.1)
-                continue
-            quiet_since = time.monotonic()
-            try:
-                notification = parse(message.body)
-            except BadMessage as exc:
-                handled.append(("bad", exc.reason))
-                message.ack()
-                continue
-            result = self.dispatcher.handle(notification)
+    def bindings(self) -> list[tuple[str, str]]:
+        return self._bindings
+
+    def coalesce_key(self, notification: Notification) -> Any:
+        return self.dispatcher.coalesce_key(notification)
+
+    def handle(self, notification: Notification) -> EventResult:
+        result: EventResult = self.dispatcher.handle(notification)
+        with self.lock:
+            self.last = time.monotonic()
             if result.retry:
-                later.append((time.monotonic() + 0.5, 1, notification))
+                self.retried.add(str(notification.message_id))
             else:
-                handled.append((notification.event_type, result))
-            message.ack()
+                self.final.append((notification.event_type, result))
+        return result
+
+
+class BusTap:
+    def __init__(self, dispatcher: Any, bindings: list[tuple[str, str]]) -> None:
+        self.environment = f"e2e{uuid.uuid4().hex[:8]}"
+        self.queue_name = QueueNames.for_environment(self.environment).main
+        self.sink = _Recording(dispatcher, bindings)
+        options = EventManagerSettings(retry_delay_s=0.5, retry_delay_max_s=2.0, retry_limit=20)
+        self.listener = Listener(self.environment, kombu.Connection(RIG_BROKER, heartbeat=options.heartbeat_s),
+                                 self.sink, options, on_committed=self._committed)
+        self.results: list[tuple[str, Any]] = []
+        # (event type, seconds from the notification's own timestamp to the commit of its change), for
+        # events not retried (a retry waits for the API on purpose)
+        self.latencies: list[tuple[str, float]] = []
+        self._committed_log: list[tuple[Notification, float]] = []
+        self._seen = 0
+        self._thread = threading.Thread(target=self.listener.run, name="e2e-listener", daemon=True)
+        self._thread.start()
+        if not self.listener.consuming.wait(30):
+            raise RuntimeError("the e2e listener did not start consuming")
+
+    def _committed(self, items: list[tuple[Notification, float]]) -> None:
+        with self.sink.lock:
+            self._committed_log.extend(items)
+            self.sink.last = time.monotonic()
+
+    def drain(self, quiet_for: float = 3.0, timeout: float = 60.0,
+              busy: Callable[[], bool] = lambda: False) -> list[tuple[str, Any]]:
+        """Wait until nothing was handled for ``quiet_for`` seconds (and ``busy()`` is false: the action
+        that causes the notifications may still be running); returns the final results since the
+        last drain (events coalesced into a later one count as handled by it)."""
+        started = time.monotonic()
+        deadline = started + timeout
+        while time.monotonic() < deadline:
+            with self.sink.lock:
+                quiet = time.monotonic() - max(self.sink.last, started) >= quiet_for
+            if quiet and not busy():
+                break
+            time.sleep(0.05)
+        with self.sink.lock:
+            final, self.sink.final = self.sink.final, []
+            committed, self._committed_log = self._committed_log, []
+            retried = set(self.sink.retried)
+        handled: list[tuple[str, Any]] = list(final)
+        finals = {et for et, _ in final}
+        for notification, at in committed:
+            if notification.event_type not in finals:  # coalesced into a later one: acked, not handled
+                handled.append((notification.event_type, EventResult.skip("coalesced")))
+            sent = _sent_at(notification.timestamp)
+            if sent is not None and str(notification.message_id) not in retried:
+                self.latencies.append((notification.event_type, at - sent))
         self.results.extend(handled)
         return handled
 
     def close(self) -> None:
+        self.listener.stop()
+        self._thread.join(30)
+        names = QueueNames.for_environment(self.environment)
+        with kombu.Connection(RIG_BROKER) as conn:
+            for queue in (names.main, names.retry, names.dead):
+                with suppress(Exception):
+                    conn.channel().queue_delete(queue)
+            with suppress(Exception):
+                conn.channel().exchange_delete(names.dead)
+
+
+def _sent_at(stamp: str | None) -> float | None:
+    """oslo's notification timestamp (UTC, "2026-11-23 12:00:00.123456") as epoch seconds."""
+    if not stamp:
+        return None
+    for fmt in ("%Y-%m-%d %H:%M:%S.%f", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S.%fZ", "%Y-%m-%dT%H:%M:%SZ"):
         try:
-            self.queue.delete()
-        finally:
-            self.conn.release()
-
-
+            return datetime.strptime(stamp, fmt).replace(tzinfo=UTC).timestamp()
+        except ValueError:
+            continue
+    return None

@@ -3,6 +3,7 @@ a fresh scan's, and each event is handled well within a second."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -45,9 +46,24 @@ class Harness:
         self.rounds = 0
 
     def after(self, action: Callable[[], Any], expect: set[str], quiet_for: float = 4.0) -> Any:
-        """Run an action, handle the notifications it caused, and compare with a fresh scan."""
-        value = action()
-        handled = self.tap.drain(quiet_for=quiet_for, timeout=90)
+        """Run an action while its notifications are handled as they come, then compare with a
+        fresh scan. The action runs in a thread so that a slow one (a server booting) does not hold
+        its notifications back: their handling latency is the product's, not the test's."""
+        box: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                box["value"] = action()
+            except BaseException as exc:  # surfaced below
+                box["error"] = exc
+
+        worker = threading.Thread(target=run, daemon=True)
+        worker.start()
+        handled = self.tap.drain(quiet_for=quiet_for, timeout=300, busy=worker.is_alive)
+        worker.join(60)
+        if "error" in box:
+            raise box["error"]
+        value = box.get("value")
         seen = {et for et, _ in handled}
         assert expect <= seen, f"expected {expect}, saw {sorted(seen)}"
         for event_type, result in handled:
@@ -127,10 +143,75 @@ def test_network_subnet_port_router_fip_sg_events(harness: Harness, conn: Any) -
         harness.after(lambda: net.delete_security_group(made.pop("sg")), {"security_group.delete.end"})
         harness.after(lambda: net.delete_subnet(made.pop("sub")), {"subnet.delete.end"})
         harness.after(lambda: net.delete_network(made.pop("net")), {"network.delete.end"})
+        assert_handled_within_a_second(harness)
     finally:
         leftovers = topology.Topology(prefix=p)
         for kind, key in (("floating_ip", "fip"), ("router", "router"), ("security_group", "sg"),
                           ("network", "net"), ("network", "ext")):
+            if made.get(key) is not None:
+                leftovers.add(kind, made[key].id)
+        topology.cleanup(conn, leftovers)
+
+
+def assert_handled_within_a_second(harness: Harness) -> None:
+    """The issue's latency bound: every event handled at its first delivery was in the map within 1 s
+    of the notification's own timestamp (retries wait for the API on purpose and are left out)."""
+    slow = [(et, round(s, 3)) for et, s in harness.tap.latencies if s > 1.0]
+    assert harness.tap.latencies and not slow, f"handled later than 1 s after the notification: {slow[:10]}"
+
+
+def test_server_and_volume_events(harness: Harness, conn: Any) -> None:
+    net, compute = conn.network, conn.compute
+    p = f"sme2vm-{harness.tap.queue_name[-6:]}"
+    made: dict[str, Any] = {}
+    image = next(iter(conn.image.images(name="cirros-fake")))
+    flavor = compute.find_flavor("m1.tiny")
+
+    def boot() -> Any:
+        server = compute.create_server(name=f"{p}-vm", image_id=image.id, flavor_id=flavor.id,
+                                       networks=[{"uuid": made["net"].id}])
+        return compute.wait_for_server(server, status="ACTIVE", wait=180)
+
+    def volume_status(status: str) -> Callable[[], Any]:
+        return lambda: topology.wait_for(lambda: conn.block_storage.get_volume(made["vol"].id).status == status,
+                                         f"volume {status}")
+
+    try:
+        made["net"] = harness.after(lambda: net.create_network(name=f"{p}-net"), {"network.create.end"})
+        made["sub"] = harness.after(lambda: net.create_subnet(name=f"{p}-sub", network_id=made["net"].id,
+                                                              ip_version=4, cidr="10.89.0.0/24"),
+                                    {"subnet.create.end"})
+        made["vm"] = harness.after(boot, {"compute.instance.create.end", "port.create.end"}, quiet_for=6.0)
+        harness.after(lambda: compute.update_server(made["vm"], name=f"{p}-vm2"), {"compute.instance.update"})
+        harness.after(lambda: (compute.stop_server(made["vm"]),
+                               compute.wait_for_server(made["vm"], status="SHUTOFF", wait=120)),
+                      {"compute.instance.power_off.end"})
+        harness.after(lambda: (compute.start_server(made["vm"]),
+                               compute.wait_for_server(made["vm"], status="ACTIVE", wait=120)),
+                      {"compute.instance.power_on.end"})
+        if conn.has_service("block-storage") or conn.has_service("volumev3"):
+            made["vol"] = harness.after(lambda: (vol := conn.block_storage.create_volume(name=f"{p}-vol", size=1),
+                                                 topology.wait_for(lambda: conn.block_storage.get_volume(
+                                                     vol.id).status == "available", "volume available"))[0],
+                                        {"volume.create.end"})
+            harness.after(lambda: conn.block_storage.update_volume(made["vol"], name=f"{p}-vol2"),
+                          {"volume.update.end"})
+            harness.after(lambda: (compute.create_volume_attachment(made["vm"], volume_id=made["vol"].id),
+                                   volume_status("in-use")()), {"volume.attach.end"}, quiet_for=6.0)
+            harness.after(lambda: (compute.delete_volume_attachment(made["vol"].id, made["vm"]),
+                                   volume_status("available")()), {"volume.detach.end"}, quiet_for=6.0)
+            harness.after(lambda: (conn.block_storage.delete_volume(made["vol"]),
+                                   topology.wait_for(lambda: conn.block_storage.find_volume(made["vol"].id) is None,
+                                                     "volume deleted")), {"volume.delete.end"})
+            made.pop("vol")
+        harness.after(lambda: (compute.delete_server(made["vm"]),
+                               compute.wait_for_delete(made["vm"], wait=120)),
+                      {"compute.instance.delete.end"}, quiet_for=6.0)
+        made.pop("vm")
+        assert_handled_within_a_second(harness)
+    finally:
+        leftovers = topology.Topology(prefix=p)
+        for kind, key in (("instance", "vm"), ("volume", "vol"), ("network", "net")):
             if made.get(key) is not None:
                 leftovers.add(kind, made[key].id)
         topology.cleanup(conn, leftovers)

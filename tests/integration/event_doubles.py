@@ -50,6 +50,11 @@ class DoubleSink:
             environment=self.environment, source_system="test", message=outcome,
             related_object=n.message_id, display_context=n.event_type).to_doc()])
 
+    def coalesce_key(self, n: Notification) -> tuple[str, str] | None:
+        """Like the handlers' re-read events: ``{"key": ...}`` in the payload names the object."""
+        key = n.data.get("key")
+        return ("thing", key) if isinstance(key, str) else None
+
     def handle(self, n: Notification) -> EventResult:
         try:
             return self._handle(n)

@@ -130,7 +130,7 @@ def test_a_change_writes_one_message_and_identical_results_write_nothing(
     messages = store.find_messages(ENV, related_object=OBJ)
     assert [m["level"] for m in messages] == ["error", "info"]  # newest first: the change, the first status
     assert "OK -> Critical" in messages[0]["message"]
-    assert store.calls["update_object"] == 2 and store.calls["append_messages"] == 2
+    assert store.calls["update_objects"] == 2 and store.calls["append_messages"] == 2
     assert queue_depth(broker_url, amqp_names["queue"]) == 0  # everything acknowledged
 
 

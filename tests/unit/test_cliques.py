@@ -307,3 +307,28 @@ def test_a_shared_host_does_not_pull_in_its_other_instances() -> None:
     cliques = build_cliques(ENV, docs[1:], chosen, {}, MemoryGraph(links))
     assert len(cliques) == 2000
     assert all(c["nodes"] == [c["focal_point"], "h"] for c in cliques)
+
+
+def _lk(link_type: str, source: str, target: str) -> dict[str, str]:
+    return {"id": f"{link_type}|{source}|{target}", "link_type": link_type, "source_id": source, "target_id": target}
+
+
+def test_which_stored_cliques_a_link_change_can_alter() -> None:
+    from stackmap.discovery.cliques import clique_affected
+
+    steps = {"link_types": ["host-instance", "instance-port", "port-network", "network-subnet"]}
+    held = [_lk("host-instance", "h", "i"), _lk("instance-port", "i", "p"), _lk("port-network", "p", "n"),
+            _lk("network-subnet", "n", "s")]
+    clique = {"focal_point": "i", "links": [lk["id"] for lk in held], "links_detailed": held}
+    # another instance's new port on the same network: the network is reached only by that very step
+    assert not clique_affected(clique, steps, [_lk("port-network", "p2", "n")], set())
+    assert not clique_affected(clique, steps, [_lk("instance-port", "i2", "p2")], set())
+    # a new subnet of the network: the network is in the walk before the network-subnet step
+    assert clique_affected(clique, steps, [_lk("network-subnet", "n", "s2")], set())
+    # a new port of the focal instance itself
+    assert clique_affected(clique, steps, [_lk("instance-port", "i", "p3")], set())
+    # a link type the clique type does not walk
+    assert not clique_affected(clique, steps, [_lk("port-security_group", "p", "sg")], set())
+    # a link the clique held went away (or changed)
+    assert clique_affected(clique, steps, [], {"port-network|p|n"})
+    assert not clique_affected(clique, steps, [], {"port-network|p2|n"})

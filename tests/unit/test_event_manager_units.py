@@ -127,3 +127,12 @@ def test_read_ahead_returns_exact_reads_and_keeps_pushed_back_bytes() -> None:
     with pytest.raises(OSError, match="closed"):
         read(1)
     left.close()
+
+
+@pytest.mark.parametrize("body", [b"[" * 200_000, ('{"oslo.message": "' + "[" * 200_000 + '"}').encode()])
+def test_absurdly_nested_json_is_a_bad_message_not_a_crash(body: bytes) -> None:
+    from handlers.envelope import BadMessage, parse
+
+    with pytest.raises(BadMessage) as caught:
+        parse(body)
+    assert caught.value.reason == "too_deep"

@@ -11,12 +11,15 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from stackmap.discovery.api import resources as R
 from stackmap.discovery.api.resources import Resource, ResourceCache
 from stackmap.discovery.host.facts import FactsSource
 from stackmap.model import stable_id
+
+if TYPE_CHECKING:
+    from stackmap.discovery.db.facts import DbFacts
 
 Doc = dict[str, Any]
 RESERVED = frozenset({"environment", "type", "parent_id", "parent_type", "id_path", "name_path", "show_in_tree",
@@ -31,6 +34,7 @@ class FetchContext:
     cache: ResourceCache
     env_doc: dict[str, Any]
     hosts: FactsSource | None = None  # host-level commands (SSH); None when the environment has no CLI access
+    db: DbFacts | None = None  # OpenStack's databases (read-only); None when the environment has no mysql section
     _indexes: dict[tuple[str, str], dict[str, list[Doc]]] = field(default_factory=dict)
 
     def subnets_by_network(self, region: str) -> dict[str, list[Doc]]:
