@@ -263,6 +263,12 @@ def _reversed(link_type: str) -> str:
     return f"{target}-{source}"
 
 
+def _followed(step: str, directed: bool) -> tuple[str, ...]:
+    """The stored link types a step reads: its own, and when directed also the reversed name
+    (a directed ``instance-host`` step walks ``host-instance`` links backwards)."""
+    return (step, _reversed(step)) if directed and _reversed(step) != step else (step,)
+
+
 def _step_links(step: str, directed: bool, by_type: Mapping[str, set[str]], graph: LinkGraph) -> list[Doc]:
     """The links one step may follow, before constraints.
 
@@ -280,8 +286,8 @@ def _step_links(step: str, directed: bool, by_type: Mapping[str, set[str]], grap
         if not sources:
             return []
         found = graph.links(step, sources, set())
-        if _reversed(step) != step:
-            found += graph.links(_reversed(step), set(), sources)
+        for reverse in _followed(step, directed)[1:]:
+            found += graph.links(reverse, set(), sources)
         return found
     sources, targets = by_type.get(source_type, set()), by_type.get(target_type, set())
     if not sources and not targets:
@@ -411,21 +417,26 @@ def clique_affected(
     the walk's frontier. The frontier at that step is at most the focal object plus the ends of the
     clique's links whose type is followed at an earlier step, so an end outside that set proves the
     clique unaffected; this is what keeps a new port on a busy network from rebuilding the clique of
-    every other instance on that network.
+    every other instance on that network. A directed step follows its reversed link type too, so a
+    new ``host-instance`` link is weighed at an ``instance-host`` step.
     """
     own = set(clique.get("links") or ())
     if own.intersection(removed):
         return True
     steps = list(clique_type.get("link_types") or ())
+    directed = bool(clique_type.get("directed"))
     first: dict[str, int] = {}
-    for index, link_type in enumerate(steps):
-        first.setdefault(link_type, index)
+    last_step: dict[str, int] = {}
+    for index, step in enumerate(steps):
+        for link_type in _followed(step, directed):
+            first.setdefault(link_type, index)
+            last_step[link_type] = index
     reached: dict[int, set[str]] | None = None
     for link in added:
         link_type = str(link["link_type"])
         if link_type not in first:
             continue
-        last = max(i for i, step in enumerate(steps) if step == link_type)
+        last = last_step[link_type]
         if reached is None:
             reached = defaultdict(set)
             for known in clique.get("links_detailed") or ():

@@ -33,7 +33,7 @@ def updater(tmp_path: Path) -> Iterator[MapUpdater]:
     store.upsert_objects(ENV, docs)
     store.upsert_links(ENV, find_links(ENV, docs, MemoryLookup(docs), load_link_finders()))
     up = MapUpdater(store, box, ENV)
-    up.reclique(Change(upserted=docs))
+    up.reclique(Change(focal_changed={d["id"] for d in docs}))  # every focal object's clique, as a scan
     yield up
     store.close()
 
@@ -112,3 +112,16 @@ def test_a_port_bound_to_a_host_links_its_tunnel_pnic_to_the_network(updater: Ma
     assert ("port-network", "pb", "net-b") in states
     assert ("host_pnic-network", sid(OH, "eth0"), "net-b") not in states
     assert len(calls) <= 12  # the port's finders, each batched: not one query per object of the host
+
+
+def test_a_link_on_a_reversed_directed_step_rebuilds_the_clique(updater: MapUpdater) -> None:
+    """The vNIC clique's first step is ``vnic-instance``: a new ``instance-vnic`` link must count."""
+    store = updater.store
+    vnic = store.get_object(ENV, TAP)
+    assert vnic is not None
+    apply(updater, [dict(vnic, instance_id=None)])
+    assert "vm1" not in nodes_of(store, TAP)
+    change = apply(updater, [dict(vnic, instance_id="vm1")])
+    assert [lk["link_type"] for lk in change.links_added] == ["instance-vnic"]
+    assert "vm1" in nodes_of(store, TAP)
+    assert store.find_cliques(ENV, focal_point=TAP)[0]["clique_type"] == "ovs-vxlan-vnic"
