@@ -225,3 +225,26 @@ def test_host_finders_are_registered_and_shipped() -> None:
     shipped = {f.link_type: type(f).__name__ for f in load_link_finders()}
     for link_type in HOST_LINK_TYPES:
         assert shipped[link_type] in HOST_FINDER_CLASSES
+
+
+def test_fields_the_host_fetchers_add_are_used() -> None:
+    """The otep's ``vedge``, a VLAN member's reported ``parent``, a VXLAN device's ``device``."""
+    docs = cloud()
+    for doc in docs:
+        if doc["id"] == sid(OH, "otep", "vxlan"):
+            doc.pop("parent_type")
+            doc.update(parent_id="elsewhere", vedge=sid(OH, "OVS"))
+        if doc["id"] == sid(LH, "brqvlan-net"):
+            doc.update(interfaces_names=["tapp3-cc", "vlan100"],
+                       interfaces={"vlan100": {"kind": "vlan", "parent": "eth1", "vlan_id": 100, "state": "up"},
+                                   "tapp3-cc": {"kind": "tun", "state": "up"}})
+        if doc["id"] == sid(LH, "otep", "vxlan-1001"):
+            doc.update(ip_address=None, device="eth0")
+    links = by_key(links_of(docs))
+    assert ("vedge-otep", sid(OH, "OVS"), sid(OH, "otep", "vxlan")) in links
+    assert links[("vconnector-host_pnic", sid(LH, "brqvlan-net"), sid(LH, "eth1"))]["attributes"] == {
+        "interface": "vlan100", "vlan": 100}
+    assert links[("otep-host_pnic", sid(LH, "otep", "vxlan-1001"), sid(LH, "eth0"))]["link_name"] == "eth0"
+    assert ("host_pnic-network", sid(LH, "eth0"), "net-a") in links  # the tunnel's device carries net-a
+    # an otep under a Linux bridge is no vEdge's
+    assert not [k for k in links if k[0] == "vedge-otep" and k[2].startswith(LH)]

@@ -253,10 +253,19 @@ class VconnectorVedgeFinder(LinkFinder):
         return list(links.values())
 
 
-def _base_ifname(name: str) -> str:
-    """A VLAN sub-interface's parent (``eth1.100`` → ``eth1``), as Linux bridge agents name them."""
-    base, dot, vlan = name.rpartition(".")
-    return base if dot and base and vlan.isdigit() else name
+def _pnic_names(vconnector: Mapping[str, Any], member: str) -> list[tuple[str, int | None]]:
+    """Names a bridge member's pNIC may have, with the VLAN it carries: the member itself, the
+    parent the host reported for a VLAN device (``interfaces``), else the ``eth1.100`` naming the
+    Linux bridge agent uses."""
+    details = _mapping(_mapping(vconnector.get("interfaces")).get(member))
+    names: list[tuple[str, int | None]] = [(member, None)]
+    vlan_id = details.get("vlan_id")
+    if (parent := _str(details.get("parent"))) and parent != member:
+        names.append((parent, vlan_id if isinstance(vlan_id, int) else None))
+    base, dot, vlan = member.rpartition(".")
+    if dot and base and vlan.isdigit():
+        names.append((base, int(vlan)))
+    return names
 
 
 class VconnectorHostPnicFinder(LinkFinder):
@@ -268,20 +277,18 @@ class VconnectorHostPnicFinder(LinkFinder):
     supported_holder_types = ("vconnector",)
 
     def find(self, holders: Sequence[Doc], lookup: Lookup, environment: str) -> list[Doc]:
-        wanted = [(c, m, p) for c in holders for m in _names(c.get("interfaces_names"))
-                  if (p := _sid(c.get("host"), _base_ifname(m)))]
-        pnics = lookup.get({p for _, _, p in wanted})
+        wanted = [(c, m, p, vlan) for c in holders for m in _names(c.get("interfaces_names"))
+                  for name, vlan in _pnic_names(c, m) if (p := _sid(c.get("host"), name))]
+        pnics = lookup.get({p for _, _, p, _ in wanted})
         links: dict[tuple[str, str], Doc] = {}
-        for bridge, member, pnic_id in wanted:
+        for bridge, member, pnic_id, vlan in wanted:
             pnic = pnics.get(pnic_id)
             if not _of_type(pnic, self.target_type) or (bridge["id"], pnic_id) in links:
                 continue
             assert pnic is not None
-            vlan = member.rpartition(".")[2] if member != _base_ifname(member) else None
             links[(bridge["id"], pnic_id)] = self.link(
                 environment, bridge, pnic, link_name=member,
-                attributes=_net_attributes(None, interface=member, vlan=int(vlan) if vlan else None),
-                host=_str(bridge.get("host")))
+                attributes=_net_attributes(None, interface=member, vlan=vlan), host=_str(bridge.get("host")))
         return list(links.values())
 
 
@@ -314,7 +321,8 @@ class VedgeHostPnicFinder(LinkFinder):
 
 
 class VedgeOtepFinder(LinkFinder):
-    """vedge → otep, from an OVS/VPP tunnel endpoint's parent (oteps are stored under their vEdge)."""
+    """vedge → otep, from an OVS/VPP tunnel endpoint's ``vedge`` or parent (oteps are stored under
+    their vEdge; a Linux bridge VXLAN device's parent is a vconnector, which the type check skips)."""
 
     link_type = "vedge-otep"
     source_type = "vedge"
@@ -322,7 +330,7 @@ class VedgeOtepFinder(LinkFinder):
     supported_holder_types = ("otep",)
 
     def find(self, holders: Sequence[Doc], lookup: Lookup, environment: str) -> list[Doc]:
-        wanted = [(o, v) for o in holders if o.get("parent_type") == "vedge" and (v := _str(o.get("parent_id")))]
+        wanted = [(o, v) for o in holders if (v := _str(o.get("vedge")) or _str(o.get("parent_id")))]
         vedges = lookup.get({v for _, v in wanted})
         links = []
         for otep, vedge_id in wanted:
@@ -388,7 +396,8 @@ def _pnics_by_host(lookup: Lookup, hosts: set[str]) -> dict[str, list[Doc]]:
 
 
 class OtepHostPnicFinder(LinkFinder):
-    """otep → host_pnic: the pNIC (or bond) of the otep's host that carries its ``ip_address``.
+    """otep → host_pnic: the pNIC (or bond) of the otep's host that carries its ``ip_address``, or
+    the pNIC a Linux VXLAN device is bound to (its ``device``).
 
     An address is not an id, so the host's pNICs are read once per call (one query) and matched.
     """
@@ -399,17 +408,20 @@ class OtepHostPnicFinder(LinkFinder):
     supported_holder_types = ("otep",)
 
     def find(self, holders: Sequence[Doc], lookup: Lookup, environment: str) -> list[Doc]:
-        wanted = [(o, ip) for o in holders if _str(o.get("host")) and (ip := _address(o.get("ip_address")))]
-        pnics = _pnics_by_host(lookup, {o["host"] for o, _ in wanted})
-        links = []
-        for otep, ip in wanted:
+        wanted = [o for o in holders if _str(o.get("host"))]
+        pnics = _pnics_by_host(lookup, {o["host"] for o in wanted})
+        links: dict[tuple[str, str], Doc] = {}
+        for otep in wanted:
+            ip = _address(otep.get("ip_address"))
+            device = _str(otep.get("device"))
             for pnic in pnics.get(otep["host"], ()):
-                if ip in {_address(a) for a in pnic.get("ip_addresses") or ()}:
-                    links.append(self.link(environment, otep, pnic, link_name=ip,
-                                           attributes=_net_attributes(None, ip_address=ip,
-                                                                      overlay_type=otep.get("overlay_type")),
-                                           host=otep["host"]))
-        return links
+                carries = ip is not None and ip in {_address(a) for a in pnic.get("ip_addresses") or ()}
+                if (carries or pnic.get("local_name") == device) and (otep["id"], pnic["id"]) not in links:
+                    links[(otep["id"], pnic["id"])] = self.link(
+                        environment, otep, pnic, link_name=ip or pnic["local_name"],
+                        attributes=_net_attributes(None, ip_address=ip, overlay_type=otep.get("overlay_type")),
+                        host=otep["host"])
+        return list(links.values())
 
 
 def _physnet_mappings(agent_configs: Iterable[Mapping[str, Any]]) -> tuple[dict[str, set[str]], dict[str, set[str]]]:
@@ -442,8 +454,8 @@ class HostPnicNetworkFinder(LinkFinder):
       pNIC itself) or a Linux bridge (the pNIC's ``master``). The mappings are read from the agent
       ``configurations`` on the host's vEdge documents and on its ``network_agent`` documents.
     - Overlay networks (vxlan/gre/geneve, or no physical network at all): when the pNIC carries
-      one of the host's tunnel endpoint IPs, every such network that has a port bound to the host
-      (``binding:host_id``): traffic of those networks leaves the host through that pNIC.
+      one of the host's tunnel endpoint IPs (or is a VXLAN device's ``device``), every such network
+      that has a port bound to the host (``binding:host_id``): their traffic leaves through it.
 
     A port is a holder too: a port newly bound to a host (the usual notification) may bring a new
     overlay network to that host's tunnel pNIC, so a port holder relinks its host's pNICs.
@@ -477,14 +489,18 @@ class HostPnicNetworkFinder(LinkFinder):
             if agent.get("host") in hosts and (c := _mapping(agent.get("configurations"))):
                 configs[agent["host"]].append(c)
         tunnel_ips: dict[str, set[str]] = defaultdict(set)
+        tunnel_devices: dict[str, set[str]] = defaultdict(set)
         for otep in lookup.find("otep"):
-            if otep.get("host") in hosts and (ip := _address(otep.get("ip_address"))):
-                tunnel_ips[otep["host"]].add(ip)
+            if otep.get("host") in hosts:
+                if ip := _address(otep.get("ip_address")):
+                    tunnel_ips[otep["host"]].add(ip)
+                if device := _str(otep.get("device")):
+                    tunnel_devices[otep["host"]].add(device)
         bound: dict[str, set[str]] = defaultdict(set)
-        if tunnel_ips:
+        if tunnel_ips or tunnel_devices:
             for port in lookup.find("port"):
                 bound_host, bound_net = _str(port.get("binding:host_id")), _str(port.get("network_id"))
-                if bound_host in tunnel_ips and bound_net:
+                if (bound_host in tunnel_ips or bound_host in tunnel_devices) and bound_net:
                     bound[bound_host].add(bound_net)
         networks = lookup.find("network")
         physical: dict[str, list[Doc]] = defaultdict(list)
@@ -511,7 +527,7 @@ class HostPnicNetworkFinder(LinkFinder):
                 for net in physical.get(physnet, ()):
                     self._add(links, environment, pnic, net, physnet=physnet)
             pnic_ips = {_address(a) for a in pnic.get("ip_addresses") or ()}
-            if tunnel_ips.get(host, set()) & pnic_ips:
+            if tunnel_ips.get(host, set()) & pnic_ips or name in tunnel_devices.get(host, set()):
                 for net_id in sorted(bound.get(host, ())):
                     if net_id in overlay:
                         self._add(links, environment, pnic, overlay[net_id], physnet=None)
