@@ -22,7 +22,8 @@ from stackmap.discovery.api.fetchers import Doc, FetchContext
 from stackmap.discovery.api.resources import Resource, ResourceCache
 from stackmap.discovery.api.transport import CountingAdapter, RecordingAdapter, ReplayAdapter
 from stackmap.discovery.cliques import MemoryGraph, build_cliques, seed_defaults, select_clique_types
-from stackmap.discovery.engine import Engine, environment_root
+from stackmap.discovery.engine import Engine, WalkResult, environment_root
+from stackmap.discovery.host.facts import FactsSource
 from stackmap.discovery.links import MemoryLookup, find_links, link_types_of, load_link_finders
 from stackmap.discovery.scanners import ROOT_SCANNER, ScannersConfig, load_scanners
 from stackmap.environments import load_environment
@@ -118,8 +119,9 @@ class Scanner:
 
     def __init__(self, store: Store, box: SecretBox, environment: str, options: ScanOptions | None = None, *,
                  progress: Progress | None = None, adapter: CountingAdapter | None = None,
-                 scanners: ScannersConfig | None = None) -> None:
+                 scanners: ScannersConfig | None = None, hosts: FactsSource | None = None) -> None:
         self.store = store
+        self.hosts = hosts
         self.box = box
         self.options = options or ScanOptions()
         self.progress = progress or _Quiet()
@@ -190,7 +192,7 @@ class Scanner:
         except ApiError as exc:
             raise StackmapError(str(exc)) from None
         cache = ResourceCache(client, regions)
-        ctx = FetchContext(env_name, cache, self.env.to_doc())
+        ctx = FetchContext(env_name, cache, self.env.to_doc(), hosts=self.hosts)
         engine = Engine(scanners, ctx, on_level=self.progress.counted)
         if self.options.resource_types:
             return self._inventory_of_types(engine, cache, self.options.resource_types)
@@ -210,6 +212,7 @@ class Scanner:
         for failure in cache.failures:  # after the walk: fetchers may read extra collections on the way
             self.summary.errors.append(f"{failure.resource} ({failure.region}): {failure.message}")
         self.summary.warnings.extend(result.warnings[:50])
+        self._report_hosts(result)
         complete = result.complete and not cache.failures
         self.summary.objects_written = self.store.upsert_objects(env_name, result.objects)
         if complete:
@@ -224,15 +227,39 @@ class Scanner:
             if gone and keep:
                 # a service absent from the catalog (cinder, octavia) says nothing about its objects
                 gone = {o["id"] for o in self.store.find_objects(env_name, ids=gone) if o["type"] not in keep}
+            unread = self._unread(gone, result)
+            gone -= unread
             if gone:
                 self._delete(gone)
-            if prune_under is None:
+            if prune_under is None and not unread:
                 self._objects = result.objects  # the store now holds exactly these: reuse them for links
         elif result.failed_types:
             self.summary.errors.append(
                 "incomplete scan (could not read: " + ", ".join(sorted(result.failed_types)) + "): nothing deleted")
         self.summary.objects_by_type = dict(Counter(o["type"] for o in result.objects))
         return complete
+
+    def _report_hosts(self, result: WalkResult) -> None:
+        for failure in result.host_errors:
+            message = f"host {failure.host}: {failure.message} (kept its previous {', '.join(failure.types)})"
+            if message not in self.summary.errors:
+                self.summary.errors.append(message)
+        for otype, reason in sorted(result.unread_types.items()):
+            self.summary.warnings.append(f"{otype}: not read ({reason}); previous objects kept")
+
+    def _unread(self, gone: set[str], result: WalkResult) -> set[str]:
+        """Of the objects a walk did not see, those it could not have seen: objects of a type no host
+        could be asked for, a failed host's objects of the failed types, and everything under them.
+        They stay as the last scan that could read them left them (no ghosts removed, none made)."""
+        kept_by_host = result.kept_subtrees()
+        if not gone or not (kept_by_host or result.unread_types):
+            return set()
+        docs = self.store.find_objects(self.env.name, ids=gone)
+        roots = [d for d in docs if d["type"] in result.unread_types
+                 or d["type"] in kept_by_host.get(str(d.get("host")), ())]
+        prefixes = tuple(f"{d['id_path']}/" for d in roots if d.get("id_path"))
+        return {d["id"] for d in roots} | {d["id"] for d in docs if prefixes and
+                                           str(d.get("id_path") or "").startswith(prefixes)}
 
     def _delete(self, ids: set[str]) -> None:
         """Delete objects, counting the links and cliques that go with them."""
@@ -292,10 +319,12 @@ class Scanner:
         for otype, scanner, parents in plans:
             result = engine.walk(parents, scanner, only_type=otype)
             self.summary.warnings.extend(result.warnings[:20])
+            self._report_hosts(result)
             self.summary.objects_written += self.store.upsert_objects(env_name, result.objects)
             counts[otype] += len(result.objects)
             if result.complete and not cache.failures:
                 gone = self.store.object_ids(env_name, [otype]) - {o["id"] for o in result.objects}
+                gone -= self._unread(gone, result)
                 if gone:
                     self._delete(gone)
             else:

@@ -48,6 +48,7 @@ class ScannersConfig(BaseModel):
 
     @model_validator(mode="after")
     def _references(self) -> ScannersConfig:
+        import stackmap.discovery.host.fetchers  # noqa: F401 - registers the host fetchers
         from stackmap.discovery.api.fetchers import Fetcher
 
         if ROOT_SCANNER not in self.scanners:

@@ -19,6 +19,7 @@ OVS_PORTS = "ovs_ports"
 OVS_INTERFACES = "ovs_interfaces"
 VPP_INTERFACES = "vpp_interfaces"
 VPP_HARDWARE = "vpp_hardware"
+FDB = "fdb"
 
 COMMANDS: dict[str, str] = {
     # every link with its kind (bridge, veth, vxlan, bond...), master, peer and addresses, in one call
@@ -30,6 +31,8 @@ COMMANDS: dict[str, str] = {
     OVS_PORTS: "ovs-vsctl --format=json --columns=_uuid,name,interfaces,tag list Port",
     OVS_INTERFACES: "ovs-vsctl --format=json --columns=_uuid,name,type,options,mac_in_use,link_state,admin_state "
                     "list Interface",
+    # forwarding entries of VXLAN devices name the remote VTEPs (dst) the Linux bridge agent set up
+    FDB: "bridge -j fdb show",
     VPP_INTERFACES: "vppctl show interface",
     VPP_HARDWARE: "vppctl show hardware-interfaces",
 }

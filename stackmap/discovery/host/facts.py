@@ -39,8 +39,24 @@ class HostFacts:
         return self.outputs.get(key)
 
 
+@dataclass(frozen=True)
+class HostFailure:
+    """A host (or one of its facts) could not be read: its objects of ``types``, and everything under
+    them, are kept from the previous scan instead of being pruned."""
+
+    host: str
+    types: tuple[str, ...]
+    message: str
+
+
 class FactsSource(Protocol):
     """Runs named commands on hosts. ``commands`` maps a key to a shell command line; a command that
-    must run once per item (per namespace, per domain) is asked for by the fetcher in a second call."""
+    must run once per item (per namespace, per domain) is asked for by the fetcher in a second call.
 
-    def collect(self, hosts: Sequence[dict[str, Any]], commands: Mapping[str, str]) -> dict[str, HostFacts]: ...
+    ``per_host`` (optional) adds commands for single hosts (host id -> {key: command line}), run
+    with that host's ``commands`` over the same connection; hosts absent from it run ``commands``
+    only. A host with no command at all is not contacted.
+    """
+
+    def collect(self, hosts: Sequence[dict[str, Any]], commands: Mapping[str, str],
+                per_host: Mapping[str, Mapping[str, str]] | None = None) -> dict[str, HostFacts]: ...

@@ -121,6 +121,20 @@ def parse_speeds(text: str) -> dict[str, int | None]:
     return speeds
 
 
+def parse_fdb_remotes(text: str) -> dict[str, list[str]]:
+    """Remote tunnel endpoints per device from ``bridge -j fdb show`` (entries that carry ``dst``)."""
+    if not text.strip():
+        return {}
+    data = _json(text, "bridge -j fdb show")
+    if not isinstance(data, list):
+        raise ParseError("bridge -j fdb show: expected a JSON list of entries")
+    out: dict[str, set[str]] = {}
+    for entry in data:
+        if isinstance(entry, dict) and entry.get("dst") and entry.get("ifname"):
+            out.setdefault(str(entry["ifname"]), set()).add(str(entry["dst"]))
+    return {dev: sorted(dsts) for dev, dsts in out.items()}
+
+
 PNIC_KINDS = {"": "ethernet", "bond": "bond"}
 
 
