@@ -463,6 +463,10 @@ class CliVconnectors(CliFetcher):
                     "local_name": name, "connector_type": "bridge", "mac_address": link["mac_address"],
                     "state": link["state"], "ip_addresses": P.global_cidrs(link),
                     "interfaces_names": sorted(lk["ifname"] for lk in links if lk["master"] == name),
+                    # members' kind and veth peer: the qvb of a hybrid plug names its qvo on the vedge
+                    "interfaces": {lk["ifname"]: {"kind": lk["kind"], "peer": lk["peer"], "state": lk["state"],
+                                                  "mac_address": lk["mac_address"]}
+                                   for lk in links if lk["master"] == name},
                 })
         return out
 
