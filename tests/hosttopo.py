@@ -59,6 +59,7 @@ class LocalHost:
     ip: str
     pid: int
     anchor: subprocess.Popen[bytes]
+    net: str | None = None  # the namespace's identity, to find its processes even once the anchor died
 
     def exec(self, argv: list[str], check: bool = True, input: str | None = None
              ) -> subprocess.CompletedProcess[str]:
@@ -97,7 +98,7 @@ class LocalHosts:
                 pass
             time.sleep(0.01)
         index = len(self.hosts) + 1
-        host = LocalHost(name, f"10.{self.subnet}.0.{index + 10}", anchor.pid, anchor)
+        host = LocalHost(name, f"10.{self.subnet}.0.{index + 10}", anchor.pid, anchor, _netns_of(anchor.pid))
         self.hosts.append(host)
         root_side = f"{self.prefix}h{index}"
         _run(["ip", "link", "add", root_side, "type", "veth", "peer", "name", "eth0", "netns", str(anchor.pid)])
@@ -112,7 +113,7 @@ class LocalHosts:
 
     def close(self) -> None:
         for host in self.hosts:
-            net = _netns_of(host.pid)
+            net = host.net
             # every process living in this host's namespace was started by this test (ovs daemons)
             for pid in _pids_in_netns(net) if net else []:
                 if pid != host.pid:
