@@ -17,6 +17,7 @@ Builders:
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import secrets
 import shutil
@@ -270,14 +271,19 @@ class NetworkNode:
         return "brq" + self.network_id[:11]
 
     def vnics(self) -> dict[tuple[str, str], dict[str, Any]]:
-        """(namespace, ifname) -> {host-side peer, addresses}: what the fetchers must find."""
+        """(namespace, ifname) -> {host-side peer, addresses, port}: what the fetchers must find."""
+        def nth(cidr: str, n: int) -> str:
+            net = ipaddress.ip_network(cidr)
+            return f"{net[n]}/{net.prefixlen}"
+
         return {
             (self.dhcp_ns, "ns-" + self.dhcp_port[:11]): {"peer": "tap" + self.dhcp_port[:11],
-                                                          "ips": ["10.0.0.2/24"], "port": self.dhcp_port},
+                                                          "ips": [nth(self.cidr, 2)], "port": self.dhcp_port},
             (self.router_ns, "qr-" + self.router_port[:11]): {"peer": "tap" + self.router_port[:11],
-                                                              "ips": ["10.0.0.1/24"], "port": self.router_port},
+                                                              "ips": [nth(self.cidr, 1)], "port": self.router_port},
             (self.router_ns, "qg-" + self.gateway_port[:11]): {"peer": "tap" + self.gateway_port[:11],
-                                                               "ips": ["172.24.4.10/24"], "port": self.gateway_port},
+                                                               "ips": [nth(self.external_cidr, 10)],
+                                                               "port": self.gateway_port},
         }
 
 
