@@ -197,6 +197,7 @@ class Scanner:
         if self.options.resource_types:
             return self._inventory_of_types(engine, cache, self.options.resource_types)
         start_scanner, parents, only, prune_under = self._starting_point(scanners, engine)
+        self._remember_owners(ctx, parents)
 
         def fetched(res: Resource, region: str, count: int) -> None:
             if count >= 0:
@@ -238,6 +239,20 @@ class Scanner:
                 "incomplete scan (could not read: " + ", ".join(sorted(result.failed_types)) + "): nothing deleted")
         self.summary.objects_by_type = dict(Counter(o["type"] for o in result.objects))
         return complete
+
+    def _remember_owners(self, ctx: FetchContext, parents: list[Doc]) -> None:
+        """A walk starting below the root (one type, one object) still needs what its first parents
+        belong to: host fetchers find a folder's host, and the host's region, through them."""
+        wanted = {str(i) for p in parents for i in (p.get("parent_id"), p.get("host")) if i}
+        wanted -= {p["id"] for p in parents}
+        if not wanted:
+            return
+        owners = self.store.find_objects(self.env.name, ids=wanted)
+        hosts = {str(o["host"]) for o in owners if o.get("host")} - {o["id"] for o in owners}
+        if hosts:
+            owners += self.store.find_objects(self.env.name, ids=hosts)
+        for owner in owners:
+            ctx.objects.setdefault(owner["id"], owner)
 
     def _report_hosts(self, result: WalkResult) -> None:
         for failure in result.host_errors:
@@ -307,6 +322,7 @@ class Scanner:
             parents = [environment_root(env_name)] if parent_types == ["environment"] else [
                 p for ptype in parent_types for p in self.store.find_objects(env_name, type=ptype)]
             plans.append((otype, scanner, parents))
+            self._remember_owners(engine.ctx, parents)
         needed = [r for otype, scanner, _ in plans for r in engine.resources_needed(scanner, only_type=otype)]
         try:
             cache.prefetch(needed)

@@ -144,6 +144,15 @@ def test_ovs_cloud_scan_maps_every_host_object_and_keeps_what_it_cannot_read(ovs
     assert second.status == ScanStatus.COMPLETED.value and second.objects_deleted == 0
     assert second.objects_written == 0, second
 
+    # syncs of one type and rescans of one object find their hosts through the stored folders
+    only_pnics = Scanner(rig.store, rig.box, ENV, ScanOptions(resource_types=["host_pnic"]), hosts=rig.facts).run()
+    assert only_pnics.status == ScanStatus.COMPLETED.value and only_pnics.objects_by_type == {"host_pnic": 3}
+    assert only_pnics.objects_deleted == 0 and only_pnics.objects_written == 0
+    one = Scanner(rig.store, rig.box, ENV, ScanOptions(object_id=stable_id(CONTROLLER, node.dhcp_ns)),
+                  hosts=rig.facts).run()
+    assert one.status == ScanStatus.COMPLETED.value, one.errors
+    assert one.objects_by_type == {"vservice": 1, "vnics_folder": 1, "vnic": 1} and one.objects_deleted == 0
+
     # compute-001's switch dies; on compute-000 the hybrid plug's bridge goes away for real
     stop_ovs(rig.hosts[C1])
     rig.hosts[C0].exec(["ip", "link", "del", topo.qbr])

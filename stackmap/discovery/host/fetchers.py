@@ -77,6 +77,8 @@ class CliFetcher(Fetcher):
             host = self.host_of(parent, ctx)
             if host:
                 groups[host].append(parent)
+            else:  # cannot tell which host to ask: keep what is stored rather than prune it
+                ctx.report_unread(self.kept_types, f"the host of {parent.get('id')} is not known")
         return groups
 
     def collect(self, ctx: FetchContext, hosts: list[str], commands: Mapping[str, str],
@@ -305,6 +307,8 @@ class CliVserviceVnics(CliFetcher):
             vservice = self.owner(folder, ctx)
             if vservice is not None and vservice.get("host"):
                 services[vservice["host"]].append((folder, vservice))
+            else:
+                ctx.report_unread(self.kept_types, f"the vservice of {folder.get('id')} is not known")
         if not services:
             return []
         missing = {host: [vs["local_name"] for _, vs in pairs
@@ -384,6 +388,8 @@ class CliInstanceVnics(CliFetcher):
             instance = self.owner(folder, ctx)
             if instance is not None and instance.get("host") and instance.get("local_name"):
                 instances[instance["host"]].append((folder, instance))
+            elif instance is None:
+                ctx.report_unread(self.kept_types, f"the instance of {folder.get('id')} is not known")
         if not instances:
             return []
         per_host = {host: {C.dumpxml_key(i["local_name"]): C.dumpxml(i["local_name"]) for _, i in pairs}
