@@ -138,3 +138,21 @@ def test_domain_xml_refuses_entities() -> None:
     bomb = '<?xml version="1.0"?><!DOCTYPE d [<!ENTITY a "aaaa">]><domain><name>&a;</name></domain>'
     with pytest.raises(P.ParseError, match="declarations"):
         P.parse_domain_xml(bomb)
+
+
+def test_vpp_vedge_from_published_output() -> None:
+    """VPP cannot run here: the fetcher's document from the published VPP outputs."""
+    from stackmap.discovery.host import commands as C
+    from stackmap.discovery.host.facts import CommandOutput, HostFacts
+    from stackmap.discovery.host.fetchers import CliVedgesVpp
+
+    facts = HostFacts("h1", outputs={
+        C.VPP_INTERFACES: CommandOutput(C.VPP_INTERFACES, C.COMMANDS[C.VPP_INTERFACES], 0, text("vpp.show_int.txt")),
+        C.VPP_HARDWARE: CommandOutput(C.VPP_HARDWARE, C.COMMANDS[C.VPP_HARDWARE], 0, text("vpp.show_hardware.txt")),
+    })
+    [vedge] = CliVedgesVpp().build("h1", [{"id": "h1|vedges"}], facts, None)  # type: ignore[arg-type]
+    assert vedge["id"] == "h1|VPP" and vedge["agent_type"] == "VPP" and vedge["parent_id"] == "h1|vedges"
+    assert vedge["ports"]["TenGigabitEthernete/0/0"] == {
+        "index": 2, "state": "up", "bond_slave": True, "mac_address": "3c:fd:fe:a3:49:44", "speed": 10000,
+        "mtu": 9216, "hardware": "TenGigabitEthernete/0/0"}
+    assert vedge["ports"]["VirtualEthernet0/0/0"]["mac_address"] is None  # not in the published hardware list

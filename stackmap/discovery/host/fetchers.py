@@ -451,6 +451,16 @@ class CliInstanceVnics(CliFetcher):
 # vconnectors (Linux bridges) and their VXLAN tunnel endpoints
 
 
+def _member(link: P.Iface) -> dict[str, Any]:
+    """A bridge member as the links need it: a veth's peer, a VLAN device's parent NIC and VLAN id."""
+    out = {"kind": link["kind"], "state": link["state"], "mac_address": link["mac_address"], "peer": None}
+    if link["kind"] == "vlan":
+        out.update(parent=link["peer"], vlan_id=link["info"].get("id"))
+    elif link["kind"] == "veth":
+        out["peer"] = link["peer"]
+    return out
+
+
 class CliVconnectors(CliFetcher):
     name = "CliVconnectors"
     object_type = "vconnector"
@@ -470,9 +480,7 @@ class CliVconnectors(CliFetcher):
                     "state": link["state"], "ip_addresses": P.global_cidrs(link),
                     "interfaces_names": sorted(lk["ifname"] for lk in links if lk["master"] == name),
                     # members' kind and veth peer: the qvb of a hybrid plug names its qvo on the vedge
-                    "interfaces": {lk["ifname"]: {"kind": lk["kind"], "peer": lk["peer"], "state": lk["state"],
-                                                  "mac_address": lk["mac_address"]}
-                                   for lk in links if lk["master"] == name},
+                    "interfaces": {lk["ifname"]: _member(lk) for lk in links if lk["master"] == name},
                 })
         return out
 
