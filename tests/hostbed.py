@@ -86,9 +86,9 @@ def _free_subnet() -> ipaddress.IPv4Network:
             with contextlib.suppress(ValueError):
                 taken.append(ipaddress.ip_network(dst, strict=False))
     for _ in range(200):
-        net = ipaddress.ip_network(f"10.{random.randint(100, 254)}.{random.randint(0, 255)}.0/24")
-        if not any(net.version == t.version and net.overlaps(t) for t in taken):  # type: ignore[arg-type]
-            return net  # type: ignore[return-value]
+        net = ipaddress.IPv4Network(f"10.{random.randint(100, 254)}.{random.randint(0, 255)}.0/24")
+        if not any(isinstance(t, ipaddress.IPv4Network) and net.overlaps(t) for t in taken):
+            return net
     raise RuntimeError("no free private /24 for the host bed")
 
 
