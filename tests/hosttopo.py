@@ -1,8 +1,8 @@
-"""Real host topologies for the host fetchers, built inside test hosts (network + mount namespaces).
+"""Real host topologies for the host fetchers, built on the hosts of ``tests/hostbed.py`` (network +
+private mount namespaces), so the same topologies can be read through ``tests/nsfacts.py`` or over SSH.
 
 A host here is anything with ``name``, ``ip``, ``pid`` and ``exec(argv, check=True, input=None)``
-running inside its namespaces: the SSH engineer's ``tests/hostbed.py`` TestHost, or the small
-``LocalHosts`` below (used until the bed exists, and kept so these tests do not need sshd).
+running inside its namespaces (the bed's TestHost).
 
 Builders:
 - ``start_ovs(host, workdir)``: an ovsdb-server + ovs-vswitchd private to the host (its own db and
@@ -19,154 +19,61 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import secrets
 import shutil
 import signal
-import subprocess
-import tempfile
-import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from contextlib import suppress
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
+
+from tests import hostbed
+from tests.hostbed import HostBed, TestHost
 
 
-class HostLike(Protocol):
-    name: str
-    ip: str
-    pid: int
-
-    def exec(self, argv: list[str], check: bool = True, input: str | None = None
-             ) -> subprocess.CompletedProcess[str]: ...
-
-
-def _run(argv: Sequence[str], check: bool = True, input: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(list(argv), check=check, capture_output=True, text=True, input=input, timeout=60)
-
-
-def tools_missing() -> list[str]:
-    return [t for t in ("ip", "unshare", "nsenter", "ovsdb-server", "ovs-vswitchd", "ovs-vsctl", "ovsdb-tool")
-            if shutil.which(t) is None]
+def missing_requirements() -> str | None:
+    """Why these topologies cannot be built here (tests skip with it), or None."""
+    bed = hostbed.missing_requirements(sshd=False)
+    if bed is not None:
+        return bed
+    absent = [t for t in ("bridge", "ovsdb-server", "ovs-vswitchd", "ovs-vsctl", "ovsdb-tool", "ovs-appctl")
+              if shutil.which(t) is None] + ([] if OVS_SCHEMA.exists() else [str(OVS_SCHEMA)])
+    return f"missing for the host topologies: {', '.join(absent)} (apt-get install openvswitch-switch)" \
+        if absent else None
 
 
 # -------------------------------------------------------------------------------------------------
-# a minimal host bed (network + private mount namespace, an uplink veth into a root bridge)
+# hosts of the bed (tests/hostbed.py)
 
 
-@dataclass
-class LocalHost:
-    name: str
-    ip: str
-    pid: int
-    anchor: subprocess.Popen[bytes]
-    net: str | None = None  # the namespace's identity, to find its processes even once the anchor died
-
-    def exec(self, argv: list[str], check: bool = True, input: str | None = None
-             ) -> subprocess.CompletedProcess[str]:
-        return _run(["nsenter", "-t", str(self.pid), "-n", "-m", "--", *argv], check=check, input=input)
-
-    def sh(self, script: str) -> subprocess.CompletedProcess[str]:
-        return self.exec(["sh", "-euc", script])
+def new_host(bed: HostBed, name: str) -> TestHost:
+    """A bed host whose /sys shows its own network namespace (what ``/sys/class/net/*/speed`` and
+    friends read on a real host): sysfs is mounted again inside the host's private mount namespace."""
+    host = bed.add_host(name)
+    host.exec(["mount", "-t", "sysfs", "sysfs", "/sys"])
+    return host
 
 
-@dataclass
-class LocalHosts:
-    """Hosts as namespaces, all cleaned up by ``close``. Unique names per instance."""
-
-    prefix: str = field(default_factory=lambda: "sm" + secrets.token_hex(3))
-    hosts: list[LocalHost] = field(default_factory=list)
-    subnet: int = field(default_factory=lambda: 100 + secrets.randbelow(150))
-    _bridge_up: bool = False
-
-    @property
-    def bridge(self) -> str:
-        return f"{self.prefix}br"
-
-    def add_host(self, name: str) -> LocalHost:
-        if not self._bridge_up:
-            _run(["ip", "link", "add", self.bridge, "type", "bridge"])
-            _run(["ip", "link", "set", self.bridge, "up"])
-            self._bridge_up = True
-        anchor = subprocess.Popen(["unshare", "--net", "--mount", "--propagation", "private", "--",
-                                   "sleep", "infinity"], stdin=subprocess.DEVNULL)
-        own = os.readlink("/proc/self/ns/net")
-        for _ in range(200):
-            try:
-                if os.readlink(f"/proc/{anchor.pid}/ns/net") != own:
-                    break
-            except OSError:
-                pass
-            time.sleep(0.01)
-        index = len(self.hosts) + 1
-        host = LocalHost(name, f"10.{self.subnet}.0.{index + 10}", anchor.pid, anchor, _netns_of(anchor.pid))
-        self.hosts.append(host)
-        root_side = f"{self.prefix}h{index}"
-        _run(["ip", "link", "add", root_side, "type", "veth", "peer", "name", "eth0", "netns", str(anchor.pid)])
-        _run(["ip", "link", "set", root_side, "master", self.bridge, "up"])
-        host.sh(
-            "mkdir -p /run/netns /run/openvswitch; mount -t tmpfs none /run/netns; "
-            "mount -t tmpfs none /run/openvswitch; "
-            "[ -L /var/run ] || { mkdir -p /var/run/openvswitch; mount -t tmpfs none /var/run/openvswitch; }; "
-            "mount -t sysfs none /sys; "
-            f"ip link set lo up; ip link set eth0 up; ip addr add {host.ip}/24 dev eth0")
-        return host
-
-    def close(self) -> None:
-        for host in self.hosts:
-            net = host.net
-            # every process living in this host's namespace was started by this test (ovs daemons)
-            for pid in _pids_in_netns(net) if net else []:
-                if pid != host.pid:
-                    _kill(pid)
-            host.anchor.kill()
-            host.anchor.wait(timeout=10)
-        self.hosts.clear()
-        if self._bridge_up:
-            _run(["ip", "link", "del", self.bridge], check=False)
-            self._bridge_up = False
-
-
-def _netns_of(pid: int) -> str | None:
-    try:
-        return os.readlink(f"/proc/{pid}/ns/net")
-    except OSError:
-        return None
-
-
-def _pids_in_netns(net: str) -> list[int]:
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and _netns_of(int(entry)) == net:
-            out.append(int(entry))
-    return out
-
-
-def _kill(pid: int) -> None:
+def kill_host(host: TestHost) -> None:
+    """The host goes away (its anchor dies): commands can no longer enter it, as with a dead server."""
     with suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
-
-
-@contextmanager
-def local_hosts() -> Iterator[LocalHosts]:
-    bed = LocalHosts()
-    try:
-        yield bed
-    finally:
-        bed.close()
+        os.kill(host.pid, signal.SIGKILL)
 
 
 # -------------------------------------------------------------------------------------------------
 # Open vSwitch private to a host
 
 
-def start_ovs(host: HostLike, workdir: Path | None = None) -> Path:
-    """ovsdb-server + ovs-vswitchd for this host only (its own db under ``workdir``, run dir on the
-    host's private /run/openvswitch); returns the workdir."""
-    work = workdir or Path(tempfile.mkdtemp(prefix=f"ovs-{host.name}-"))
+OVS_SCHEMA = Path("/usr/share/openvswitch/vswitch.ovsschema")
+
+
+def start_ovs(host: TestHost) -> Path:
+    """ovsdb-server + ovs-vswitchd for this host only: its own db in the host's bed directory, its run
+    dir on the host's private /run/openvswitch, userspace datapath. Returns that directory; the bed's
+    close() ends both daemons with the rest of the host's processes."""
+    work = host.dir / "ovs"
     work.mkdir(parents=True, exist_ok=True)
-    schema = next(p for p in ("/usr/share/openvswitch/vswitch.ovsschema", "/usr/share/openvswitch/vswitch.ovsschema")
-                  if Path(p).exists())
+    schema = str(OVS_SCHEMA)
     db = work / "conf.db"
     host.exec(["ovsdb-tool", "create", str(db), schema])
     host.exec(["ovsdb-server", str(db), "--remote=punix:/run/openvswitch/db.sock",
@@ -177,7 +84,7 @@ def start_ovs(host: HostLike, workdir: Path | None = None) -> Path:
     return work
 
 
-def stop_ovs(host: HostLike) -> None:
+def stop_ovs(host: TestHost) -> None:
     """Stop the host's switch (the commands then fail as on a host whose OVS died)."""
     for daemon in ("ovs-vswitchd", "ovsdb-server"):
         host.exec(["ovs-appctl", "-t", daemon, "exit"], check=False)
@@ -218,7 +125,7 @@ class OvsCompute:
         return "vxlan-" + "".join(f"{int(o):02x}" for o in remote_ip.split("."))
 
 
-def build_ovs_compute(host: HostLike, remote_ips: Sequence[str], topo: OvsCompute | None = None) -> OvsCompute:
+def build_ovs_compute(host: TestHost, remote_ips: Sequence[str], topo: OvsCompute | None = None) -> OvsCompute:
     """The classic OVS hybrid-plug compute host (OVS must be running on it: ``start_ovs``)."""
     t = topo or OvsCompute()
     vsctl = ["ovs-vsctl", "--timeout=10"]
@@ -287,7 +194,7 @@ class NetworkNode:
         }
 
 
-def build_network_node(host: HostLike, topo: NetworkNode | None = None) -> NetworkNode:
+def build_network_node(host: TestHost, topo: NetworkNode | None = None) -> NetworkNode:
     t = topo or NetworkNode()
     host.exec(["ip", "netns", "add", t.dhcp_ns])
     host.exec(["ip", "netns", "add", t.router_ns])
@@ -322,7 +229,7 @@ class LxbHost:
         return f"vxlan-{self.vni}"
 
 
-def build_lxb_host(host: HostLike, remote_ips: Sequence[str], topo: LxbHost | None = None) -> LxbHost:
+def build_lxb_host(host: TestHost, remote_ips: Sequence[str], topo: LxbHost | None = None) -> LxbHost:
     t = topo or LxbHost()
     host.exec(["ip", "link", "add", t.bridge, "type", "bridge"])
     host.exec(["ip", "tuntap", "add", "dev", t.tap, "mode", "tap"])
@@ -336,12 +243,12 @@ def build_lxb_host(host: HostLike, remote_ips: Sequence[str], topo: LxbHost | No
     return t
 
 
-def replace_tool(host: HostLike, tool: str, script: str, workdir: Path) -> None:
+def replace_tool(host: TestHost, tool: str, script: str) -> None:
     """Make ``tool`` on this host (its own mount namespace only) run ``script`` instead: a host whose
     tool is broken or of an unknown version, without touching the machine's real binary."""
     path = shutil.which(tool)
     assert path is not None, f"{tool} is not installed"
-    fake = workdir / f"{host.name}-{tool}"
+    fake = host.dir / f"replaced-{tool}"
     fake.write_text("#!/bin/sh\n" + script + "\n")
     fake.chmod(0o755)
     host.exec(["mount", "--bind", str(fake), path])

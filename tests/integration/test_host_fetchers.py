@@ -7,7 +7,6 @@ previous run. Commands run through ``NsFacts`` (nsenter into each host), the sta
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,40 +18,37 @@ from stackmap.discovery.api.fetchers import Doc, FetchContext
 from stackmap.discovery.api.resources import PORTS, SUBNETS, ResourceCache
 from stackmap.discovery.host import fetchers as F
 from stackmap.model import stable_id
+from tests.hostbed import HostBed, TestHost, host_bed
 from tests.hosttopo import (
-    LocalHost,
-    LocalHosts,
     NetworkNode,
     build_lxb_host,
     build_network_node,
     build_ovs_compute,
-    local_hosts,
+    kill_host,
+    missing_requirements,
+    new_host,
     replace_tool,
     start_ovs,
     stop_ovs,
-    tools_missing,
 )
 from tests.nsfacts import NsFacts
 
-pytestmark = [
-    pytest.mark.skipif(os.geteuid() != 0, reason="namespaces, bridges and OVS need root"),
-    pytest.mark.skipif(bool(tools_missing()), reason=f"missing tools: {tools_missing()}"),
-]
+pytestmark = pytest.mark.skipif(missing_requirements() is not None, reason=str(missing_requirements()))
 
 REGION = "r1"
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "host"
 
 
 @pytest.fixture
-def bed() -> Iterator[LocalHosts]:
-    with local_hosts() as hosts:
+def bed() -> Iterator[HostBed]:
+    with host_bed("hf") as hosts:
         yield hosts
 
 
 class Walk:
     """Places fetcher output the way the engine does (type, registered by id) for the next level."""
 
-    def __init__(self, hosts: dict[str, LocalHost], cache: ResourceCache | None = None) -> None:
+    def __init__(self, hosts: dict[str, TestHost], cache: ResourceCache | None = None) -> None:
         self.facts = NsFacts(hosts)
         self.ctx = FetchContext("env", cache or ResourceCache(None, [REGION], closed=True),  # type: ignore[arg-type]
                                 {}, hosts=self.facts)
@@ -82,10 +78,10 @@ class Walk:
         return out
 
 
-def test_ovs_compute_hosts_pnics_vconnectors_vedges_oteps(bed: LocalHosts, tmp_path: Path) -> None:
-    a, b = bed.add_host("compute-a"), bed.add_host("compute-b")
-    start_ovs(a, tmp_path / "a")
-    start_ovs(b, tmp_path / "b")
+def test_ovs_compute_hosts_pnics_vconnectors_vedges_oteps(bed: HostBed) -> None:
+    a, b = new_host(bed, "compute-a"), new_host(bed, "compute-b")
+    start_ovs(a)
+    start_ovs(b)
     ta = build_ovs_compute(a, [b.ip])
     tb = build_ovs_compute(b, [a.ip])
     walk = Walk({"compute-a": a, "compute-b": b})
@@ -128,8 +124,8 @@ def test_ovs_compute_hosts_pnics_vconnectors_vedges_oteps(bed: LocalHosts, tmp_p
     assert [hosts_ for hosts_, _ in walk.facts.calls] == [["compute-a", "compute-b"]] * 3
 
 
-def test_network_node_vservices_and_their_vnics(bed: LocalHosts) -> None:
-    node = bed.add_host("network")
+def test_network_node_vservices_and_their_vnics(bed: HostBed) -> None:
+    node = new_host(bed, "network")
     topo = build_network_node(node, NetworkNode())
     subnets = [{"id": "sub-int", "network_id": topo.network_id, "cidr": topo.cidr},
                {"id": "sub-ext", "network_id": topo.external_network_id, "cidr": topo.external_cidr}]
@@ -166,8 +162,8 @@ def test_network_node_vservices_and_their_vnics(bed: LocalHosts) -> None:
     assert walk.failures() == {}
 
 
-def test_linux_bridge_host_vconnector_and_vxlan_otep(bed: LocalHosts) -> None:
-    host, peer = bed.add_host("lxb"), bed.add_host("lxb-peer")
+def test_linux_bridge_host_vconnector_and_vxlan_otep(bed: HostBed) -> None:
+    host, peer = new_host(bed, "lxb"), new_host(bed, "lxb-peer")
     topo = build_lxb_host(host, [peer.ip])
     walk = Walk({"lxb": host})
     bridges = walk.fetch(F.CliVconnectors, "vconnector", walk.folders(walk.host_docs(), "vconnectors"))
@@ -183,13 +179,13 @@ def test_linux_bridge_host_vconnector_and_vxlan_otep(bed: LocalHosts) -> None:
     assert list(pnics) == [stable_id("lxb", "eth0")]  # the tap, bridge and vxlan device are not NICs
 
 
-def test_instance_vnics_from_the_domain_xml(bed: LocalHosts, tmp_path: Path) -> None:
+def test_instance_vnics_from_the_domain_xml(bed: HostBed) -> None:
     """libvirtd cannot run here: on this host ``virsh`` prints the documented domain XML sample
     (tests/fixtures/host/libvirt.domain.xml); the taps it names are real devices on the host."""
-    host = bed.add_host("kvm")
-    start_ovs(host, tmp_path / "ovs")
+    host = new_host(bed, "kvm")
+    start_ovs(host)
     topo = build_ovs_compute(host, [])
-    replace_tool(host, "virsh", f"cat {FIXTURES / 'libvirt.domain.xml'}", tmp_path)
+    replace_tool(host, "virsh", f"cat {FIXTURES / 'libvirt.domain.xml'}")
     walk = Walk({"kvm": host})
     instance = walk.place("instance", [{"id": "3f1a6a3e-5b1c-4e7e-9a59-2d7c1e8b4f10", "host": "kvm",
                                         "local_name": "instance-00000007"}])
@@ -204,10 +200,10 @@ def test_instance_vnics_from_the_domain_xml(bed: LocalHosts, tmp_path: Path) -> 
     assert walk.facts.calls[0][1]["kvm"] == ["dumpxml:instance-00000007", "ip_addr"]
 
 
-def _ovs_pair(bed: LocalHosts, tmp_path: Path) -> tuple[LocalHost, LocalHost]:
-    good, bad = bed.add_host("good"), bed.add_host("bad")
+def _ovs_pair(bed: HostBed) -> tuple[TestHost, TestHost]:
+    good, bad = new_host(bed, "good"), new_host(bed, "bad")
     for h in (good, bad):
-        start_ovs(h, tmp_path / h.name)
+        start_ovs(h)
         build_ovs_compute(h, [])
     return good, bad
 
@@ -216,8 +212,8 @@ def _vedges(walk: Walk) -> dict[str, Doc]:
     return walk.fetch(F.CliVedgesOvs, "vedge", walk.folders(walk.host_docs(), "vedges"))
 
 
-def test_a_host_whose_switch_is_down_is_a_per_host_error(bed: LocalHosts, tmp_path: Path) -> None:
-    good, bad = _ovs_pair(bed, tmp_path)
+def test_a_host_whose_switch_is_down_is_a_per_host_error(bed: HostBed) -> None:
+    good, bad = _ovs_pair(bed)
     stop_ovs(bad)
     walk = Walk({"good": good, "bad": bad})
     assert set(_vedges(walk)) == {stable_id("good", "OVS")}
@@ -227,10 +223,10 @@ def test_a_host_whose_switch_is_down_is_a_per_host_error(bed: LocalHosts, tmp_pa
     assert walk.ctx.host_failures[0].types == ("vedge",)
 
 
-def test_garbage_output_is_a_per_host_error(bed: LocalHosts, tmp_path: Path) -> None:
-    good, bad = _ovs_pair(bed, tmp_path)
-    replace_tool(bad, "ovs-vsctl", "echo 'ovs-vsctl (Open vSwitch) 9.9 <<unexpected banner>>'", tmp_path)
-    replace_tool(bad, "ip", "printf '{\"truncated\": [1, 2'", tmp_path)
+def test_garbage_output_is_a_per_host_error(bed: HostBed) -> None:
+    good, bad = _ovs_pair(bed)
+    replace_tool(bad, "ovs-vsctl", "echo 'ovs-vsctl (Open vSwitch) 9.9 <<unexpected banner>>'")
+    replace_tool(bad, "ip", "printf '{\"truncated\": [1, 2'")
     walk = Walk({"good": good, "bad": bad})
     assert set(_vedges(walk)) == {stable_id("good", "OVS")}
     pnics = walk.fetch(F.CliHostPnics, "host_pnic", walk.folders(walk.host_docs(), "pnics"))
@@ -241,13 +237,12 @@ def test_garbage_output_is_a_per_host_error(bed: LocalHosts, tmp_path: Path) -> 
     assert "good" not in walk.failures()
 
 
-def test_a_missing_command_and_an_unreachable_host(bed: LocalHosts, tmp_path: Path) -> None:
+def test_a_missing_command_and_an_unreachable_host(bed: HostBed) -> None:
     if shutil.which("vppctl"):
         pytest.skip("vppctl is installed here: it cannot serve as the missing command")
-    good, bad = _ovs_pair(bed, tmp_path)
-    gone = bed.add_host("gone")
-    gone.anchor.kill()
-    gone.anchor.wait()
+    good, bad = _ovs_pair(bed)
+    gone = new_host(bed, "gone")
+    kill_host(gone)
     walk = Walk({"good": good, "bad": bad, "gone": gone})
     vpp = walk.fetch(F.CliVedgesVpp, "vedge", walk.folders(walk.host_docs(), "vedges"))
     assert vpp == {}

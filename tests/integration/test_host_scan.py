@@ -9,7 +9,6 @@ scan did read is pruned as usual.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,25 +22,24 @@ from stackmap.model import EnvironmentConfig, ScanStatus, stable_id
 from stackmap.secrets import SecretBox
 from stackmap.store import Store, open_store
 from tests.fakecloud import CloudSize, FakeCloud, FakeCloudServer
+from tests.hostbed import HostBed, TestHost, host_bed
 from tests.hosttopo import (
-    LocalHost,
-    LocalHosts,
     LxbHost,
     NetworkNode,
     OvsCompute,
     build_lxb_host,
     build_network_node,
     build_ovs_compute,
-    local_hosts,
+    kill_host,
+    missing_requirements,
+    new_host,
     start_ovs,
     stop_ovs,
-    tools_missing,
 )
 from tests.nsfacts import NsFacts
 
 pytestmark = [
-    pytest.mark.skipif(os.geteuid() != 0, reason="namespaces, bridges and OVS need root"),
-    pytest.mark.skipif(bool(tools_missing()), reason=f"missing tools: {tools_missing()}"),
+    pytest.mark.skipif(missing_requirements() is not None, reason=str(missing_requirements())),
     pytest.mark.filterwarnings("ignore:The 'service_type' parameter is unnecesary"),
 ]
 
@@ -56,8 +54,8 @@ class HostRig:
     cloud: FakeCloud
     store: Store
     box: SecretBox
-    bed: LocalHosts
-    hosts: dict[str, LocalHost]
+    bed: HostBed
+    hosts: dict[str, TestHost]
     facts: NsFacts
 
     def scan(self) -> ScanSummary:
@@ -84,7 +82,7 @@ def network_node_of(cloud: FakeCloud) -> NetworkNode:
 
 @pytest.fixture
 def rig_factory(tmp_path: Path) -> Iterator[Any]:
-    with local_hosts() as bed, FakeCloudServer(FakeCloud(SIZE)) as server:
+    with host_bed("hs") as bed, FakeCloudServer(FakeCloud(SIZE)) as server:
         store = open_store(f"sqlite:///{tmp_path}/s.db")
 
         def make(mechanism: str) -> HostRig:
@@ -94,7 +92,7 @@ def rig_factory(tmp_path: Path) -> Iterator[Any]:
                 "configuration": [{"name": "OpenStack", "auth_url": server.auth_url, "user": server.cloud.user,
                                    "pwd": server.cloud.password, "project": "admin"}],
             }))
-            hosts = {name: bed.add_host(name) for name in (CONTROLLER, C0, C1)}
+            hosts = {name: new_host(bed, name) for name in (CONTROLLER, C0, C1)}
             return HostRig(server.cloud, store, box, bed, hosts, NsFacts(hosts))
 
         yield make
@@ -102,10 +100,10 @@ def rig_factory(tmp_path: Path) -> Iterator[Any]:
 
 
 @pytest.fixture
-def ovs_rig(rig_factory: Any, tmp_path: Path) -> HostRig:
+def ovs_rig(rig_factory: Any) -> HostRig:
     rig: HostRig = rig_factory("OVS")
-    for name, host in rig.hosts.items():
-        start_ovs(host, tmp_path / name)
+    for host in rig.hosts.values():
+        start_ovs(host)
     build_network_node(rig.hosts[CONTROLLER], network_node_of(rig.cloud))
     rig.hosts[CONTROLLER].exec(["ovs-vsctl", "add-br", "br-int", "--", "set", "bridge", "br-int",
                                 "datapath_type=netdev"])
@@ -167,8 +165,7 @@ def test_ovs_cloud_scan_maps_every_host_object_and_keeps_what_it_cannot_read(ovs
 
     # the controller goes away altogether: all its host objects stay as last seen
     controller = rig.hosts[CONTROLLER]
-    controller.anchor.kill()
-    controller.anchor.wait()
+    kill_host(controller)
     fourth = rig.scan()
     assert [e for e in fourth.errors if CONTROLLER in e and "unreachable" in e]
     assert rig.objects("vnic").keys() == vnics.keys()
