@@ -60,3 +60,11 @@ class NsFacts:
         error = None if done.returncode == 0 else \
             (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1][:200]
         return CommandOutput(key, command, done.returncode, done.stdout, done.stderr, error)
+
+
+class NsFactsWithoutPerHost(NsFacts):
+    """The same runner as a source that only knows the original contract (no ``per_host``)."""
+
+    def collect(self, hosts: Sequence[dict[str, Any]], commands: Mapping[str, str],  # type: ignore[override]
+                ) -> dict[str, HostFacts]:
+        return super().collect(hosts, commands)

@@ -31,7 +31,7 @@ from tests.hosttopo import (
     start_ovs,
     stop_ovs,
 )
-from tests.nsfacts import NsFacts
+from tests.nsfacts import NsFacts, NsFactsWithoutPerHost
 
 pytestmark = pytest.mark.skipif(missing_requirements() is not None, reason=str(missing_requirements()))
 
@@ -48,8 +48,9 @@ def bed() -> Iterator[HostBed]:
 class Walk:
     """Places fetcher output the way the engine does (type, registered by id) for the next level."""
 
-    def __init__(self, hosts: dict[str, TestHost], cache: ResourceCache | None = None) -> None:
-        self.facts = NsFacts(hosts)
+    def __init__(self, hosts: dict[str, TestHost], cache: ResourceCache | None = None,
+                 source: type[NsFacts] = NsFacts) -> None:
+        self.facts = source(hosts)
         self.ctx = FetchContext("env", cache or ResourceCache(None, [REGION], closed=True),  # type: ignore[arg-type]
                                 {}, hosts=self.facts)
         for name in hosts:
@@ -160,6 +161,22 @@ def test_network_node_vservices_and_their_vnics(bed: HostBed) -> None:
     # the vnic level reused the namespaces the vservice level read: no third read of them
     assert len(walk.facts.calls) == 3 and walk.facts.calls[2][1] == {"network": ["ip_addr"]}
     assert walk.failures() == {}
+
+
+def test_a_source_without_per_host_commands_gives_the_same_vnics(bed: HostBed) -> None:
+    """The fetchers fall back to one call per command set with a source of the original contract."""
+    a, b = new_host(bed, "net-a"), new_host(bed, "net-b")
+    topo_a = build_network_node(a)
+    topo_b = build_network_node(b, NetworkNode(network_id="0b0b0b0b-0000-4000-8000-000000000001",
+                                               router_id="0b0b0b0b-0000-4000-8000-000000000002"))
+    walk = Walk({"net-a": a, "net-b": b}, source=NsFactsWithoutPerHost)
+    services = walk.fetch(F.CliVservices, "vservice", walk.folders(walk.host_docs(), "vservices"))
+    assert len(services) == 4
+    vnics = walk.fetch(F.CliVserviceVnics, "vnic", walk.folders(list(services.values()), "vnics"))
+    assert set(vnics) == {stable_id(h, ns, ifname) for h, t in (("net-a", topo_a), ("net-b", topo_b))
+                          for ns, ifname in t.vnics()}
+    assert walk.failures() == {}
+    assert [hosts for hosts, _ in walk.facts.calls] == [["net-a", "net-b"], ["net-a"], ["net-b"], ["net-a", "net-b"]]
 
 
 def test_linux_bridge_host_vconnector_and_vxlan_otep(bed: HostBed) -> None:

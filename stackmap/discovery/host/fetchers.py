@@ -9,6 +9,7 @@ its objects are kept as they were and the other hosts go on.
 
 from __future__ import annotations
 
+import inspect
 import ipaddress
 import re
 from collections import defaultdict
@@ -87,9 +88,18 @@ class CliFetcher(Fetcher):
         assert ctx.hosts is not None
         docs = [ctx.objects.get(h) or {"id": h, "host": h} for h in hosts]
         try:
-            if per_host:
+            if not per_host:
+                return ctx.hosts.collect(docs, commands)
+            if "per_host" in inspect.signature(ctx.hosts.collect).parameters:
                 return ctx.hosts.collect(docs, commands, per_host=per_host)
-            return ctx.hosts.collect(docs, commands)
+            # a source without per-host commands: one call per distinct command set (slower, same facts)
+            groups: dict[tuple[tuple[str, str], ...], list[dict[str, Any]]] = defaultdict(list)
+            for doc in docs:
+                groups[tuple(sorted((per_host.get(doc["id"]) or {}).items()))].append(doc)
+            out: dict[str, HostFacts] = {}
+            for extra, members in groups.items():
+                out.update(ctx.hosts.collect(members, {**commands, **dict(extra)}))
+            return out
         except Exception as exc:  # a runner bug must not end the scan of the other types
             log.error("host facts source failed", fetcher=self.name, error=str(exc)[:200])
             return {h: HostFacts(host=h, error=f"facts source failed: {exc.__class__.__name__}: {str(exc)[:160]}")
