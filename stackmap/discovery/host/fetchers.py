@@ -13,7 +13,8 @@ import inspect
 import ipaddress
 import re
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any, ClassVar
 
 from stackmap.discovery.api import resources as R
@@ -121,6 +122,22 @@ class CliFetcher(Fetcher):
         log.warning("host not read", fetcher=self.name, host=host, problem=problem)
         return False
 
+    def parsed(self, ctx: FetchContext, host: str, facts: HostFacts | None, key: str,
+               parse: Callable[[str], Any], label: str = "") -> Any:
+        """One command's parsed output on one host, or None once the host is reported (its objects
+        of this fetcher's types are then kept)."""
+        problem = "no answer from the facts source" if facts is None else \
+            facts.error or describe(facts.output(key), key)
+        if problem is None:
+            assert facts is not None
+            try:
+                return parse(self.text(facts, key))
+            except P.ParseError as exc:
+                problem = str(exc)
+        ctx.report_host_failure(host, self.kept_types, f"{self.name}: {label}{problem}")
+        log.warning("host not read", fetcher=self.name, host=host, problem=f"{label}{problem}")
+        return None
+
     def fetch(self, parents: list[Doc], ctx: FetchContext) -> list[Doc]:
         if ctx.hosts is None:
             if parents:
@@ -196,11 +213,14 @@ class CliHostPnics(CliFetcher):
 # vservices (network namespaces) and their vNICs
 
 
-def _networks_by_cidr(ctx: FetchContext, region: str | None) -> dict[ipaddress.IPv4Network | ipaddress.IPv6Network,
-                                                                       str]:
-    out = {}
+Networks = dict[ipaddress.IPv4Network | ipaddress.IPv6Network, str]
+
+
+def _networks_by_cidr(ctx: FetchContext, region: str | None) -> Networks:
+    """Subnet cidr -> network id in a region, to tell which network an address is on."""
+    out: Networks = {}
     if region is None:
-        return {}
+        return out
     for network_id, subnets in ctx.subnets_by_network(region).items():
         for subnet in subnets:
             try:
@@ -219,14 +239,15 @@ def _network_of(cidrs: list[str], by_cidr: Mapping[Any, str]) -> str | None:
     return None
 
 
-class _NamespaceFacts:
-    """Reads every listed namespace's links once, for both the vservice and the vnic level."""
+def _read_namespaces(fetcher: CliFetcher, ctx: FetchContext, wanted: Mapping[str, list[str]],
+                     host_commands: Mapping[str, str]) -> dict[str, HostFacts]:
+    """The links of the named namespaces of each host (plus ``host_commands``), in one call."""
+    per_host = {host: {C.ns_addr_key(ns): C.ns_addr(ns) for ns in names} for host, names in wanted.items()}
+    return fetcher.collect(ctx, sorted(wanted), host_commands, per_host=per_host)
 
-    @staticmethod
-    def read(fetcher: CliFetcher, ctx: FetchContext, wanted: Mapping[str, list[str]],
-             host_commands: Mapping[str, str]) -> dict[str, HostFacts]:
-        per_host = {host: {C.ns_addr_key(ns): C.ns_addr(ns) for ns in names} for host, names in wanted.items()}
-        return fetcher.collect(ctx, sorted(wanted), host_commands, per_host=per_host)
+
+def _region(ctx: FetchContext, host: str) -> str | None:
+    return (ctx.objects.get(host) or {}).get("region")
 
 
 class CliVservices(CliFetcher):
@@ -244,25 +265,18 @@ class CliVservices(CliFetcher):
         wanted: dict[str, list[str]] = defaultdict(list)
         for doc in docs:
             wanted[doc["host"]].append(doc["local_name"])
-        facts = _NamespaceFacts.read(self, ctx, wanted, {})
+        facts = _read_namespaces(self, ctx, wanted, {})
         kept = []
         for doc in docs:
             host, ns = doc["host"], doc["local_name"]
-            key = C.ns_addr_key(ns)
-            host_facts = facts.get(host)
-            if host_facts is None or host_facts.error or describe(host_facts.output(key), key):
-                problem = (host_facts.error if host_facts else None) or \
-                    describe(host_facts.output(key) if host_facts else None, key)
-                ctx.report_host_failure(host, ("vservice",), f"{self.name}: namespace {ns}: {problem}")
-                continue
-            try:
-                links = P.parse_ip_addr(self.text(host_facts, key), f"ip -n {ns} -j -d addr")
-            except P.ParseError as exc:
-                ctx.report_host_failure(host, ("vservice",), f"{self.name}: {exc}")
+            links = self.parsed(ctx, host, facts.get(host), C.ns_addr_key(ns),
+                                partial(P.parse_ip_addr, what=f"ip -n {ns} -j -d addr"),
+                                f"namespace {ns}: ")
+            if links is None:
                 continue
             ctx.scratch[("ns_links", host, ns)] = links
             if doc["service_type"] != "dhcp":
-                by_cidr = _networks_by_cidr(ctx, (ctx.objects.get(host) or {}).get("region"))
+                by_cidr = _networks_by_cidr(ctx, _region(ctx, host))
                 networks = {_network_of(P.global_cidrs(lk), by_cidr) for lk in links}
                 doc["network"] = sorted(n for n in networks if n)
             kept.append(doc)
@@ -324,7 +338,7 @@ class CliVserviceVnics(CliFetcher):
         missing = {host: [vs["local_name"] for _, vs in pairs
                           if ("ns_links", host, vs["local_name"]) not in ctx.scratch]
                    for host, pairs in services.items()}
-        facts = _NamespaceFacts.read(self, ctx, missing, C.pick(C.IP_ADDR))
+        facts = _read_namespaces(self, ctx, missing, C.pick(C.IP_ADDR))
         out: list[Doc] = []
         for host, pairs in sorted(services.items()):
             host_facts = facts.get(host)
@@ -336,22 +350,16 @@ class CliVserviceVnics(CliFetcher):
             except P.ParseError as exc:
                 ctx.report_host_failure(host, self.kept_types, f"{self.name}: {exc}")
                 continue
-            region = (ctx.objects.get(host) or {}).get("region")
+            region = _region(ctx, host)
             ports = _port_index(ctx, region)
             by_cidr = _networks_by_cidr(ctx, region)
             for folder, vservice in pairs:
                 ns = vservice["local_name"]
-                links = ctx.scratch.get(("ns_links", host, ns))
+                links = ctx.scratch.get(("ns_links", host, ns)) or self.parsed(
+                    ctx, host, host_facts, C.ns_addr_key(ns),
+                    partial(P.parse_ip_addr, what=f"ip -n {ns} -j -d addr"), f"namespace {ns}: ")
                 if links is None:
-                    key = C.ns_addr_key(ns)
-                    problem = describe(host_facts.output(key), key)
-                    try:
-                        links = None if problem else P.parse_ip_addr(self.text(host_facts, key), f"ip -n {ns}")
-                    except P.ParseError as exc:
-                        problem = str(exc)
-                    if links is None:
-                        ctx.report_host_failure(host, self.kept_types, f"{self.name}: namespace {ns}: {problem}")
-                        continue
+                    continue
                 out.extend(self._vnics(host, ns, folder, vservice, links, host_links, ports, by_cidr))
         return out
 
@@ -416,17 +424,11 @@ class CliInstanceVnics(CliFetcher):
             except P.ParseError as exc:
                 ctx.report_host_failure(host, self.kept_types, f"{self.name}: {exc}")
                 continue
-            ports = {str(p.get("id")): p for p in ctx.cache.get(R.PORTS, (ctx.objects.get(host) or {}).get("region"))}
+            ports = {str(p.get("id")): p for p in ctx.cache.get(R.PORTS, _region(ctx, host))}
             for folder, instance in pairs:
-                key = C.dumpxml_key(instance["local_name"])
-                problem = describe(host_facts.output(key), key)
-                try:
-                    domain = None if problem else P.parse_domain_xml(self.text(host_facts, key))
-                except P.ParseError as exc:
-                    problem = str(exc)
+                domain = self.parsed(ctx, host, host_facts, C.dumpxml_key(instance["local_name"]),
+                                     P.parse_domain_xml, f"instance {instance['local_name']}: ")
                 if domain is None:
-                    ctx.report_host_failure(host, self.kept_types,
-                                            f"{self.name}: instance {instance['local_name']}: {problem}")
                     continue
                 out.extend(self._vnics(host, folder, instance, domain, links, ports))
         return out
@@ -558,6 +560,8 @@ class CliOtepsOvs(Fetcher):
         out = []
         for vedge in parents:
             host = vedge.get("host")
+            if not host:
+                continue
             ports = vedge.get("ports") or {}
             by_type: dict[str, list[str]] = defaultdict(list)
             for name in vedge.get("tunnel_ports") or []:
@@ -567,7 +571,7 @@ class CliOtepsOvs(Fetcher):
                 local = next((o["local_ip"] for o in options if o.get("local_ip")), None)
                 port = next((o["dst_port"] for o in options if o.get("dst_port")), None)
                 out.append({
-                    "id": stable_id(str(host), "otep", overlay), "name": f"{host}-otep-{overlay}",
+                    "id": stable_id(host, "otep", overlay), "name": f"{host}-otep-{overlay}",
                     "parent_id": vedge["id"], "host": host, "local_name": f"otep-{overlay}", "overlay_type": overlay,
                     "ip_address": local, "udp_port": int(port) if port else P.DEFAULT_UDP_PORTS.get(overlay),
                     "remote_ips": sorted({o["remote_ip"] for o in options if o.get("remote_ip")}),
