@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import errno
 import io
+import logging
 import socket
 import threading
 import time
@@ -43,6 +44,9 @@ from stackmap.settings import SshSettings
 from stackmap.store import Store
 
 log = get_logger("stackmap.ssh")
+# paramiko logs every failed handshake with a traceback at ERROR; the runner reports each failure once,
+# as one line per host (HostFacts.error and a structured log entry), so its own logging is noise
+logging.getLogger("paramiko").setLevel(logging.CRITICAL)
 
 
 class SshError(Exception):
@@ -290,6 +294,9 @@ class SshRunner:
                                                        timeout=timeout)
                 except paramiko.ChannelException as exc:
                     raise SshError(f"jump host {self.cli.host} cannot reach {where}: {exc.text}") from None
+                except paramiko.SSHException:  # no answer to the channel open in time
+                    raise SshError(f"jump host {self.cli.host} cannot reach {where}: timed out after "
+                                   f"{timeout:g} s") from None
             client.connect(hostname=address, port=self.port, username=self.cli.user, pkey=self._pkey,
                            password=self._password, timeout=timeout, banner_timeout=timeout, auth_timeout=timeout,
                            channel_timeout=timeout, look_for_keys=False, allow_agent=False, sock=sock)
