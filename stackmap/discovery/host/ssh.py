@@ -37,6 +37,7 @@ from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_expo
 from stackmap.discovery.host.batch import Batch, build_batch, parse_batch
 from stackmap.discovery.host.facts import CommandOutput, HostFacts
 from stackmap.discovery.host.hostkeys import HostKeyRefused, HostKeyVerifier, known_hosts_name
+from stackmap.errors import StackmapError
 from stackmap.logging import get_logger
 from stackmap.model import CLISection
 from stackmap.secrets import SecretBox
@@ -340,3 +341,31 @@ class SshRunner:
         for secret in self._secrets:
             text = text.replace(secret, "***")
         return " ".join(text.split())
+
+
+class HostsUnavailable:
+    """A FactsSource for when no runner can be set up: every host gets the reason as its error, so
+    fetchers treat it like unreachable hosts (their previous data kept) instead of an empty cloud."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def collect(self, hosts: Sequence[dict[str, Any]], commands: Mapping[str, str]) -> dict[str, HostFacts]:
+        out = {}
+        for host in hosts:
+            host_id = str(host.get("id") or host.get("name") or "?")
+            out[host_id] = HostFacts(host=host_id, error=self.reason)
+        return out
+
+    def close(self) -> None:
+        pass
+
+
+def open_runner(cli: CLISection, box: SecretBox, settings: SshSettings, *, store: Store | None,
+                environment: str) -> SshRunner | HostsUnavailable:
+    """The scan's runner, or why there cannot be one (logged; the message holds no secret)."""
+    try:
+        return SshRunner(cli, box, settings, store=store, environment=environment)
+    except (SshError, HostKeyRefused, StackmapError) as exc:
+        log.error("ssh runner unavailable", environment=environment, error=str(exc))
+        return HostsUnavailable(f"SSH unavailable: {exc}")
