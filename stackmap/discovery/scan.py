@@ -24,6 +24,7 @@ from stackmap.discovery.api.transport import CountingAdapter, RecordingAdapter, 
 from stackmap.discovery.cliques import MemoryGraph, build_cliques, seed_defaults, select_clique_types
 from stackmap.discovery.engine import Engine, WalkResult, environment_root
 from stackmap.discovery.host.facts import FactsSource
+from stackmap.discovery.host.ssh import HostsUnavailable, SshRunner, open_runner
 from stackmap.discovery.links import MemoryLookup, find_links, link_types_of, load_link_finders
 from stackmap.discovery.scanners import ROOT_SCANNER, ScannersConfig, load_scanners
 from stackmap.environments import load_environment
@@ -31,6 +32,7 @@ from stackmap.errors import NotFound, StackmapError
 from stackmap.logging import get_logger
 from stackmap.model import EnvironmentConfig, Message, MessageLevel, ScanStatus, utcnow
 from stackmap.secrets import SecretBox
+from stackmap.settings import SshSettings
 from stackmap.store import Store
 from stackmap.store.codec import dumps
 
@@ -119,9 +121,11 @@ class Scanner:
 
     def __init__(self, store: Store, box: SecretBox, environment: str, options: ScanOptions | None = None, *,
                  progress: Progress | None = None, adapter: CountingAdapter | None = None,
-                 scanners: ScannersConfig | None = None, hosts: FactsSource | None = None) -> None:
+                 scanners: ScannersConfig | None = None, ssh: SshSettings | None = None,
+                 hosts: FactsSource | None = None) -> None:
         self.store = store
-        self.hosts = hosts
+        self.ssh = ssh or SshSettings()
+        self.hosts = hosts  # a given source of host facts (tests, tools) instead of the CLI section's SSH
         self.box = box
         self.options = options or ScanOptions()
         self.progress = progress or _Quiet()
@@ -183,7 +187,29 @@ class Scanner:
             raise StackmapError(f"environment {self.env.name} has no OpenStack configuration section")
         return OpenStackClient(section, self.box, adapter=self.adapter)
 
+    def _host_source(self) -> SshRunner | HostsUnavailable | None:
+        """Host-level commands for the fetchers, when the environment has a CLI section. A runner
+        that cannot even be set up (no known_hosts file, an unusable key) still answers, with that
+        reason as every host's error, so the fetchers keep the hosts' previous data."""
+        section = self.env.section("CLI")
+        if section is None:
+            return None
+        source = open_runner(section, self.box, self.ssh, store=self.store, environment=self.env.name)
+        if isinstance(source, HostsUnavailable):
+            self.summary.errors.append(f"host-level discovery: {source.reason}")
+        return source
+
     def _inventory(self, scanners: ScannersConfig) -> bool:
+        if self.hosts is not None:
+            return self._inventory_with(scanners, self.hosts)
+        hosts = self._host_source()
+        try:
+            return self._inventory_with(scanners, hosts)
+        finally:
+            if hosts is not None:
+                hosts.close()
+
+    def _inventory_with(self, scanners: ScannersConfig, hosts: FactsSource | None) -> bool:
         env_name = self.env.name
         client = self.client()
         try:
@@ -192,7 +218,7 @@ class Scanner:
         except ApiError as exc:
             raise StackmapError(str(exc)) from None
         cache = ResourceCache(client, regions)
-        ctx = FetchContext(env_name, cache, self.env.to_doc(), hosts=self.hosts)
+        ctx = FetchContext(env_name, cache, self.env.to_doc(), hosts=hosts)
         engine = Engine(scanners, ctx, on_level=self.progress.counted)
         if self.options.resource_types:
             return self._inventory_of_types(engine, cache, self.options.resource_types)

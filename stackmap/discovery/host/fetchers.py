@@ -9,19 +9,18 @@ its objects are kept as they were and the other hosts go on.
 
 from __future__ import annotations
 
-import inspect
 import ipaddress
 import re
 from collections import defaultdict
 from collections.abc import Callable, Mapping
 from functools import partial
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 from stackmap.discovery.api import resources as R
 from stackmap.discovery.api.fetchers import Doc, FetchContext, Fetcher
 from stackmap.discovery.host import commands as C
 from stackmap.discovery.host import parsers as P
-from stackmap.discovery.host.facts import CommandOutput, HostFacts
+from stackmap.discovery.host.facts import CommandOutput, HostFacts, PerHostFactsSource, takes_per_host
 from stackmap.logging import get_logger
 from stackmap.model import ID_SEPARATOR, stable_id
 
@@ -91,8 +90,8 @@ class CliFetcher(Fetcher):
         try:
             if not per_host:
                 return ctx.hosts.collect(docs, commands)
-            if "per_host" in inspect.signature(ctx.hosts.collect).parameters:
-                return ctx.hosts.collect(docs, commands, per_host=per_host)
+            if takes_per_host(ctx.hosts):
+                return cast(PerHostFactsSource, ctx.hosts).collect(docs, commands, per_host=per_host)
             # a source without per-host commands: one call per distinct command set (slower, same facts)
             groups: dict[tuple[tuple[str, str], ...], list[dict[str, Any]]] = defaultdict(list)
             for doc in docs:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import errno
 import io
+import logging
 import socket
 import threading
 import time
@@ -36,6 +37,7 @@ from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_expo
 from stackmap.discovery.host.batch import Batch, build_batch, parse_batch
 from stackmap.discovery.host.facts import CommandOutput, HostFacts
 from stackmap.discovery.host.hostkeys import HostKeyRefused, HostKeyVerifier, known_hosts_name
+from stackmap.errors import StackmapError
 from stackmap.logging import get_logger
 from stackmap.model import CLISection
 from stackmap.secrets import SecretBox
@@ -43,6 +45,9 @@ from stackmap.settings import SshSettings
 from stackmap.store import Store
 
 log = get_logger("stackmap.ssh")
+# paramiko logs every failed handshake with a traceback at ERROR; the runner reports each failure once,
+# as one line per host (HostFacts.error and a structured log entry), so its own logging is noise
+logging.getLogger("paramiko").setLevel(logging.CRITICAL)
 
 
 class SshError(Exception):
@@ -277,10 +282,14 @@ class SshRunner:
         with self._guard:
             self.stats.connects[address] += 1
         client = paramiko.SSHClient()
+        sock: socket.socket | paramiko.Channel | None = None
         try:
             self._verifier.prepare(client, name)
-            sock = None
-            if via is not None:
+            if via is None:
+                sock = socket.create_connection((address, self.port), timeout=timeout)
+                # the handshake is a dozen small round trips: without this, Nagle + delayed ACKs add ~40 ms each
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            else:
                 jump_transport = via.get_transport()
                 if jump_transport is None or not jump_transport.is_active():
                     self._drop(self.cli.host)
@@ -290,12 +299,17 @@ class SshRunner:
                                                        timeout=timeout)
                 except paramiko.ChannelException as exc:
                     raise SshError(f"jump host {self.cli.host} cannot reach {where}: {exc.text}") from None
+                except paramiko.SSHException:  # no answer to the channel open in time
+                    raise SshError(f"jump host {self.cli.host} cannot reach {where}: timed out after "
+                                   f"{timeout:g} s") from None
             client.connect(hostname=address, port=self.port, username=self.cli.user, pkey=self._pkey,
                            password=self._password, timeout=timeout, banner_timeout=timeout, auth_timeout=timeout,
                            channel_timeout=timeout, look_for_keys=False, allow_agent=False, sock=sock)
             return client
         except BaseException as exc:
             client.close()
+            if sock is not None:
+                sock.close()
             if isinstance(exc, SshError):
                 raise
             raise self._explain(exc, where) from None
@@ -309,10 +323,9 @@ class SshRunner:
         if isinstance(exc, paramiko.AuthenticationException):
             how = " and ".join(k for k, v in (("key", self._pkey), ("password", self._password)) if v) or "nothing"
             return SshError(f"authentication failed for {self.cli.user}@{where} (tried {how})")
-        if isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError):
-            codes = {e.errno for e in exc.errors.values()}
-            if codes <= {errno.ECONNREFUSED}:
-                return _Transient(f"cannot connect to {where}: connection refused (no sshd?)")
+        if isinstance(exc, ConnectionRefusedError):
+            return _Transient(f"cannot connect to {where}: connection refused (no sshd?)")
+        if isinstance(exc, OSError) and exc.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
             return SshError(f"cannot connect to {where}: no route to host")
         if isinstance(exc, TimeoutError | socket.timeout):
             return SshError(f"cannot connect to {where}: timed out after {self.settings.connect_timeout_s:g} s")
@@ -333,3 +346,31 @@ class SshRunner:
         for secret in self._secrets:
             text = text.replace(secret, "***")
         return " ".join(text.split())
+
+
+class HostsUnavailable:
+    """A FactsSource for when no runner can be set up: every host gets the reason as its error, so
+    fetchers treat it like unreachable hosts (their previous data kept) instead of an empty cloud."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def collect(self, hosts: Sequence[dict[str, Any]], commands: Mapping[str, str]) -> dict[str, HostFacts]:
+        out = {}
+        for host in hosts:
+            host_id = str(host.get("id") or host.get("name") or "?")
+            out[host_id] = HostFacts(host=host_id, error=self.reason)
+        return out
+
+    def close(self) -> None:
+        pass
+
+
+def open_runner(cli: CLISection, box: SecretBox, settings: SshSettings, *, store: Store | None,
+                environment: str) -> SshRunner | HostsUnavailable:
+    """The scan's runner, or why there cannot be one (logged; the message holds no secret)."""
+    try:
+        return SshRunner(cli, box, settings, store=store, environment=environment)
+    except (SshError, HostKeyRefused, StackmapError) as exc:
+        log.error("ssh runner unavailable", environment=environment, error=str(exc))
+        return HostsUnavailable(f"SSH unavailable: {exc}")
