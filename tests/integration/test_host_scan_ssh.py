@@ -1,8 +1,8 @@
 """The same host topologies scanned over SSH: a real sshd in every bed host, the paramiko runner
-(``stackmap.discovery.host.ssh``) reaching them by name through a compute host as jump host (which
-resolves the names, as a cloud's management host does), host keys checked against a known_hosts file.
-What the namespace runner finds, SSH must find too; a host whose sshd is gone is a per-host error and
-keeps its objects.
+(``stackmap.discovery.host.ssh``) opened by the scan from the environment's CLI section, reaching the
+hosts by name through a compute host as jump host (which resolves the names, as a cloud's management
+host does), host keys checked against a known_hosts file. What the namespace runner finds, SSH must
+find too; a host whose sshd is gone is a per-host error and keeps its objects.
 """
 
 from __future__ import annotations
@@ -14,10 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from stackmap.discovery.host.ssh import SshRunner
 from stackmap.discovery.scan import Scanner, ScanOptions, ScanSummary
 from stackmap.environments import add_environment
-from stackmap.model import CLISection, EnvironmentConfig, ScanStatus, stable_id
+from stackmap.model import EnvironmentConfig, ScanStatus, stable_id
 from stackmap.secrets import SecretBox
 from stackmap.settings import SshSettings
 from stackmap.store import open_store
@@ -56,31 +55,33 @@ def ssh_scan(tmp_path: Path) -> Iterator[tuple[object, ...]]:
                                 "datapath_type=netdev"])
         build_ovs_compute(hosts[C0], [hosts[C1].ip])
         build_ovs_compute(hosts[C1], [hosts[C0].ip])
-        store = open_store(f"sqlite:///{tmp_path}/s.db")
-        box = SecretBox(tmp_path / "k")
-        add_environment(store, box, EnvironmentConfig.model_validate({
-            "name": ENV, "distribution": "Stock", "mechanism_drivers": ["OVS"], "type_drivers": "vxlan",
-            "configuration": [{"name": "OpenStack", "auth_url": server.auth_url, "user": server.cloud.user,
-                               "pwd": server.cloud.password, "project": "admin"}],
-        }))
         # the jump host resolves the other hosts' names (the controller has no hypervisor address)
         names = hosts[C0].dir / "hosts"
         names.write_text("127.0.0.1 localhost\n" + "".join(f"{h.ip} {n}\n" for n, h in hosts.items()))
         hosts[C0].exec(["mount", "--bind", str(names), "/etc/hosts"])
         known = tmp_path / "known_hosts"
         known.write_text(bed.known_hosts_text())
-        cli = CLISection(name="CLI", host=hosts[C0].ip, user="root", key=box.seal(bed.client_key),
-                         connection_policy="public")
-        runner = SshRunner(cli, box, SshSettings(host_key_policy="known_hosts", known_hosts=known,
-                                                 connect_timeout_s=5, connect_retries=0), environment=ENV)
+        store = open_store(f"sqlite:///{tmp_path}/s.db")
+        box = SecretBox(tmp_path / "k")
+        # the production path: the environment's CLI section, the scan opens (and closes) its runner
+        add_environment(store, box, EnvironmentConfig.model_validate({
+            "name": ENV, "distribution": "Stock", "mechanism_drivers": ["OVS"], "type_drivers": "vxlan",
+            "configuration": [
+                {"name": "OpenStack", "auth_url": server.auth_url, "user": server.cloud.user,
+                 "pwd": server.cloud.password, "project": "admin"},
+                {"name": "CLI", "host": hosts[C0].ip, "user": "root", "key": bed.client_key,
+                 "connection_policy": "public"},
+            ],
+        }))
+        settings = SshSettings(host_key_policy="known_hosts", known_hosts=known, connect_timeout_s=5,
+                               connect_retries=0)
 
         def scan() -> ScanSummary:
-            return Scanner(store, box, ENV, ScanOptions(), hosts=runner).run()
+            return Scanner(store, box, ENV, ScanOptions(), ssh=settings).run()
 
         try:
             yield scan, store, hosts, server.cloud
         finally:
-            runner.close()
             store.close()
 
 
