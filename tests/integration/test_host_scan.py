@@ -47,6 +47,16 @@ ENV = "hosts"
 SIZE = CloudSize(projects=2, hosts=2, instances=0, networks=1, routers=1, floating_ips=0, security_groups=0,
                  volumes=0, snapshots=0, flavors=1, images=1, aggregates=0, second_region=False)
 CONTROLLER, C0, C1 = "r1-controller", "r1-compute-000", "r1-compute-001"
+COMMON_FIELDS = {"id", "name", "host", "local_name", "environment", "type", "parent_id", "parent_type"}
+AGREED_FIELDS = {
+    "host_pnic": {"mac_address", "mtu", "state", "speed", "ip_addresses", "master", "bond_members", "pnic_type"},
+    "vnic": {"vnic_type", "mac_address", "state", "ip_addresses", "master", "peer", "namespace", "network",
+             "port_id"},
+    "vservice": {"service_type", "local_service_id", "network"},
+    "vconnector": {"connector_type", "interfaces_names", "mac_address", "state"},
+    "vedge": {"agent_type", "bridges", "ports", "tunnel_ports"},
+    "otep": {"overlay_type", "ip_address", "udp_port", "remote_ips", "ports"},
+}
 
 
 @dataclass
@@ -136,6 +146,14 @@ def test_ovs_cloud_scan_maps_every_host_object_and_keeps_what_it_cannot_read(ovs
     vnic = next(iter(vnics.values()))
     assert vnic["parent_type"] == "vnics_folder" and f"/{stable_id(CONTROLLER, vnic['namespace'])}/" in \
         vnic["id_path"]
+    # the agreed document shapes (host layer): every object carries them, with values from the tools
+    for otype, fields in AGREED_FIELDS.items():
+        for doc in rig.objects(otype).values():
+            missing = (COMMON_FIELDS | fields) - doc.keys()
+            assert not missing, f"{otype} {doc['id']} lacks {missing}"
+            assert doc["host"] in rig.hosts and doc["environment"] == ENV
+            if "state" in fields:
+                assert doc["state"] in ("up", "down", "unknown")
     # an OVS cloud never asks for what only Linux-bridge fetchers read
     assert not any("fdb" in keys for _, per in rig.facts.calls for keys in per.values())
     second = rig.scan()  # nothing changed on the hosts: nothing rewritten, nothing deleted
