@@ -125,7 +125,8 @@ class OvsCompute:
         return "vxlan-" + "".join(f"{int(o):02x}" for o in remote_ip.split("."))
 
 
-def build_ovs_compute(host: TestHost, remote_ips: Sequence[str], topo: OvsCompute | None = None) -> OvsCompute:
+def build_ovs_compute(host: TestHost, remote_ips: Sequence[str], topo: OvsCompute | None = None,
+                      gre_remote_ips: Sequence[str] = ()) -> OvsCompute:
     """The classic OVS hybrid-plug compute host (OVS must be running on it: ``start_ovs``)."""
     t = topo or OvsCompute()
     vsctl = ["ovs-vsctl", "--timeout=10"]
@@ -151,6 +152,10 @@ def build_ovs_compute(host: TestHost, remote_ips: Sequence[str], topo: OvsComput
         host.exec([*vsctl, "add-port", "br-tun", port, "--", "set", "interface", port, "type=vxlan",
                    f"options:remote_ip={remote}", f"options:local_ip={host.ip}", "options:key=flow",
                    "options:in_key=flow", "options:out_key=flow"])
+    for remote in gre_remote_ips:
+        port = "gre-" + "".join(f"{int(o):02x}" for o in remote.split("."))
+        host.exec([*vsctl, "add-port", "br-tun", port, "--", "set", "interface", port, "type=gre",
+                   f"options:remote_ip={remote}", f"options:local_ip={host.ip}"])
     return t
 
 

@@ -83,7 +83,7 @@ def test_ovs_compute_hosts_pnics_vconnectors_vedges_oteps(bed: HostBed) -> None:
     a, b = new_host(bed, "compute-a"), new_host(bed, "compute-b")
     start_ovs(a)
     start_ovs(b)
-    ta = build_ovs_compute(a, [b.ip])
+    ta = build_ovs_compute(a, [b.ip], gre_remote_ips=[b.ip])
     tb = build_ovs_compute(b, [a.ip])
     walk = Walk({"compute-a": a, "compute-b": b})
     hosts = walk.host_docs()
@@ -112,7 +112,8 @@ def test_ovs_compute_hosts_pnics_vconnectors_vedges_oteps(bed: HostBed) -> None:
     assert ovs["ports"][ta.qvo]["tag"] == ta.tag_hybrid and ovs["ports"][ta.internal]["tag"] == ta.tag_internal
     assert ovs["ports"][ta.internal]["type"] == "internal"
     tunnel = ta.vxlan_port(b.ip)
-    assert ovs["tunnel_ports"] == [tunnel]
+    gre = "gre-" + tunnel.removeprefix("vxlan-")
+    assert ovs["tunnel_ports"] == sorted([tunnel, gre]) and ovs["ports"][gre]["type"] == "gre"
     assert ovs["ports"][tunnel]["options"]["remote_ip"] == b.ip and ovs["ports"][tunnel]["type"] == "vxlan"
 
     oteps = walk.fetch(F.CliOtepsOvs, "otep", list(vedges.values()))
@@ -120,6 +121,11 @@ def test_ovs_compute_hosts_pnics_vconnectors_vedges_oteps(bed: HostBed) -> None:
     assert otep["ip_address"] == a.ip and otep["remote_ips"] == [b.ip] and otep["udp_port"] == 4789
     assert otep["ports"] == [tunnel] and otep["parent_id"] == ovs["id"]
     assert oteps[stable_id("compute-b", "otep", "vxlan")]["remote_ips"] == [a.ip]
+    gre_otep = oteps[stable_id("compute-a", "otep", "gre")]
+    assert (gre_otep["overlay_type"], gre_otep["ip_address"], gre_otep["remote_ips"], gre_otep["ports"],
+            gre_otep["udp_port"]) == ("gre", a.ip, [b.ip], [gre], None)
+    assert set(oteps) == {stable_id("compute-a", "otep", "vxlan"), stable_id("compute-a", "otep", "gre"),
+                          stable_id("compute-b", "otep", "vxlan")}
     assert walk.failures() == {}
     # one collect() per level for all hosts of the level
     assert [hosts_ for hosts_, _ in walk.facts.calls] == [["compute-a", "compute-b"]] * 3
