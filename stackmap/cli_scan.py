@@ -102,7 +102,8 @@ def run_foreground_scan(app: App, environment: str, options: ScanOptions, *, as_
     renewer.start()
     try:
         with RichProgress(console) as progress:
-            summary = Scanner(store, app.box, environment, options, progress=progress, adapter=adapter).run()
+            summary = Scanner(store, app.box, environment, options, progress=progress, adapter=adapter,
+                              ssh=app.settings.ssh).run()
     finally:
         stop.set()
         renewer.join(timeout=5)

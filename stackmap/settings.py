@@ -134,6 +134,31 @@ class EventManagerSettings(DaemonSettings):
     stall_timeout_s: float = Field(default=120.0, gt=0, description="a listener silent this long is restarted")
 
 
+class SshSettings(BaseModel):
+    """How host-level discovery reaches hosts over SSH (``[ssh]`` / ``STACKMAP_SSH__*``).
+
+    Host keys are always verified. ``known_hosts``: only keys listed in the ``known_hosts`` file are
+    accepted (an operator-managed file, OpenSSH format). ``pin``: trust on first use, but recorded in
+    the store (``host_keys``) and logged; a later different key is refused with both fingerprints in
+    the error, until an operator removes the pin. Commands on one host run in one batch, each under
+    ``command_timeout_s``; at most ``max_parallel`` hosts are worked on at once.
+    """
+
+    host_key_policy: Literal["known_hosts", "pin"] = "pin"
+    known_hosts: Path | None = Field(default=None, description="OpenSSH known_hosts file (policy known_hosts)")
+    connect_timeout_s: float = Field(default=10.0, gt=0, description="TCP connect, banner and auth, per try")
+    command_timeout_s: float = Field(default=60.0, gt=0, description="per command, enforced on the host")
+    max_parallel: int = Field(default=16, ge=1, le=1024, description="hosts worked on at once")
+    connect_retries: int = Field(default=2, ge=0, description="extra tries on transient connect errors only")
+    jump_via_cli_host: bool = Field(default=True, description="reach other hosts through the CLI section's "
+                                    "host (direct-tcpip); False connects to every host directly")
+
+    @field_validator("known_hosts")
+    @classmethod
+    def _expand(cls, value: Path | None) -> Path | None:
+        return value.expanduser() if value is not None else None
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="STACKMAP_",
@@ -149,6 +174,7 @@ class Settings(BaseSettings):
     scan_manager: ScanManagerSettings = ScanManagerSettings()
     event_manager: EventManagerSettings = EventManagerSettings(metrics_addr="127.0.0.1:9311")
     monitor_handler: MonitorHandlerSettings = MonitorHandlerSettings()
+    ssh: SshSettings = SshSettings()
 
     @field_validator("store_url")
     @classmethod

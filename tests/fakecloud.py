@@ -39,6 +39,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
+from stackmap.discovery.api.fetchers import Fetcher
 from stackmap.discovery.scanners import FolderSpec, condition_matches, load_scanners
 from stackmap.model import stable_id
 
@@ -71,11 +72,18 @@ def folder_layout() -> dict[str, list[tuple[str, str]]]:
     (say, those that need a mysql or CLI section) are left out, as a scan leaves them out.
     """
     layout: dict[str, list[tuple[str, str]]] = {}
-    for entries in load_scanners().scanners.values():
+    config = load_scanners()
+
+    def host_only(scanner: str | None) -> bool:
+        # a scan without host access (this fake has none) shows no folder only host fetchers fill
+        names = [e.fetcher for e in config.scanners.get(scanner or "", []) if isinstance(e.fetcher, str)]
+        return bool(names) and all(Fetcher.registry[n].needs_hosts for n in names)
+
+    for entries in config.scanners.values():
         for entry in entries:
             if not condition_matches(entry.environment_condition, FAKE_ENVIRONMENT):
                 continue
-            if isinstance(entry.fetcher, FolderSpec):
+            if isinstance(entry.fetcher, FolderSpec) and not host_only(entry.children_scanner):
                 layout.setdefault(entry.fetcher.parent_type, []).append((entry.type, entry.fetcher.types_name))
     return layout
 

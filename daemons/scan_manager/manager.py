@@ -286,7 +286,8 @@ class ScanManager(Daemon):
             return
         try:
             job.worker = Worker(job.scan, WorkerConfig(self.settings.store_url, str(self.settings.secret_key_file),
-                                                       self.settings.log_level, self.settings.log_format),
+                                                       self.settings.log_level, self.settings.log_format,
+                                                       self.settings.ssh),
                                 self.conf.worker_start_method)
         except Exception as exc:  # no process could be started (resources, a broken forkserver)
             metrics.PROBLEMS.labels("worker_crashed").inc()

@@ -28,9 +28,12 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stackmap.logging import configure_logging, get_logger
+
+if TYPE_CHECKING:
+    from stackmap.settings import SshSettings
 
 log = get_logger("stackmap.scan_manager.worker")
 
@@ -47,6 +50,7 @@ class WorkerConfig:
     secret_key_file: str
     log_level: str
     log_format: str
+    ssh: SshSettings | None = None  # host-level discovery ([ssh] settings)
 
 
 # -- in the child -----------------------------------------------------------------------------------
@@ -96,7 +100,7 @@ def run_scan(scan: dict[str, Any], config: WorkerConfig, conn: multiprocessing.c
         return
     try:
         scanner = Scanner(store, SecretBox(Path(config.secret_key_file)), scan["environment"], scan_options(scan),
-                          progress=PipeProgress(conn))
+                          progress=PipeProgress(conn), ssh=config.ssh)
         summary = scanner.run()
         conn.send(("done", summary.as_dict()))
     except StackmapError as exc:

@@ -13,6 +13,7 @@ from datetime import datetime
 
 from stackmap.discovery.api.fetchers import Doc, FetchContext, Fetcher, folder_id
 from stackmap.discovery.api.resources import Resource
+from stackmap.discovery.host.facts import HostFailure
 from stackmap.discovery.scanners import ROOT_SCANNER, FolderSpec, ScannerEntry, ScannersConfig, condition_matches
 from stackmap.model import utcnow
 
@@ -22,10 +23,20 @@ class WalkResult:
     objects: list[Doc] = field(default_factory=list)
     failed_types: set[str] = field(default_factory=set)
     warnings: list[str] = field(default_factory=list)
+    # hosts whose objects of some types could not be read: those are kept, the rest is pruned as usual
+    host_errors: list[HostFailure] = field(default_factory=list)
+    unread_types: dict[str, str] = field(default_factory=dict)  # types nothing could be read for
 
     @property
     def complete(self) -> bool:
         return not self.failed_types
+
+    def kept_subtrees(self) -> dict[str, set[str]]:
+        """host id -> object types of that host that must not be pruned."""
+        kept: dict[str, set[str]] = {}
+        for failure in self.host_errors:
+            kept.setdefault(failure.host, set()).update(failure.types)
+        return kept
 
 
 def environment_root(environment: str) -> Doc:
@@ -91,6 +102,9 @@ class Engine:
         result = WalkResult()
         stamp = now or utcnow()
         seen: set[str] = {p["id"] for p in parents}
+        self.ctx.host_failures.clear()
+        self.ctx.unread_types.clear()
+        self.ctx.objects.update({p["id"]: p for p in parents})
         level: list[tuple[str, list[Doc]]] = [(start, parents)]
         first = True
         while level:
@@ -110,11 +124,18 @@ class Engine:
                         following.append((entry.children_scanner, placed))
             level = following
             first = False
+        result.host_errors = list(self.ctx.host_failures)
+        result.unread_types = dict(self.ctx.unread_types)
         return result
 
     def _children(self, entry: ScannerEntry, parents: list[Doc], result: WalkResult) -> list[Doc]:
         if isinstance(entry.fetcher, FolderSpec):
             spec = entry.fetcher
+            if self.ctx.hosts is None and self._host_only(entry.children_scanner):
+                # nothing under it can be read without host access: no empty folder on every host, and
+                # the folders (with what a scan with host access put in them) are kept as they are
+                self.ctx.report_unread([entry.type], "no CLI access to the hosts")
+                return []
             return [{"id": folder_id(p["id"], spec.types_name), "name": spec.types_name,
                      "text": spec.text or spec.types_name, "parent_id": p["id"]}
                     for p in parents if p.get("type") == spec.parent_type]
@@ -123,6 +144,13 @@ class Engine:
         if fetcher.failed(self.ctx):
             result.failed_types.add(entry.type)
         return children
+
+    def _host_only(self, scanner: str | None) -> bool:
+        """Whether every fetcher of a scanner reads hosts (so its folder is pointless without them)."""
+        if scanner is None:
+            return False
+        fetchers = [e.fetcher for e in self._entries(scanner) if isinstance(e.fetcher, str)]
+        return bool(fetchers) and all(self.fetcher(name).needs_hosts for name in fetchers)
 
     def _place(self, entry: ScannerEntry, children: list[Doc], parents: list[Doc], stamp: datetime,
                seen: set[str], result: WalkResult) -> list[Doc]:
@@ -146,6 +174,7 @@ class Engine:
                 name_path=f"{parent['name_path']}/{name}", show_in_tree=True, last_scanned=stamp,
             )
             placed.append(child)
+            self.ctx.objects[child["id"]] = child
         return placed
 
 

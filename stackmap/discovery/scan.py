@@ -23,7 +23,9 @@ from stackmap.discovery.api.resources import Resource, ResourceCache
 from stackmap.discovery.api.transport import CountingAdapter, RecordingAdapter, ReplayAdapter
 from stackmap.discovery.cliques import MemoryGraph, build_cliques, seed_defaults, select_clique_types
 from stackmap.discovery.db.facts import DbFacts
-from stackmap.discovery.engine import Engine, environment_root
+from stackmap.discovery.engine import Engine, WalkResult, environment_root
+from stackmap.discovery.host.facts import FactsSource
+from stackmap.discovery.host.ssh import HostsUnavailable, SshRunner, open_runner
 from stackmap.discovery.links import MemoryLookup, find_links, link_types_of, load_link_finders
 from stackmap.discovery.scanners import ROOT_SCANNER, ScannersConfig, load_scanners
 from stackmap.environments import load_environment
@@ -31,6 +33,7 @@ from stackmap.errors import NotFound, StackmapError
 from stackmap.logging import get_logger
 from stackmap.model import EnvironmentConfig, Message, MessageLevel, ScanStatus, utcnow
 from stackmap.secrets import SecretBox
+from stackmap.settings import SshSettings
 from stackmap.store import Store
 from stackmap.store.codec import dumps
 
@@ -119,8 +122,11 @@ class Scanner:
 
     def __init__(self, store: Store, box: SecretBox, environment: str, options: ScanOptions | None = None, *,
                  progress: Progress | None = None, adapter: CountingAdapter | None = None,
-                 scanners: ScannersConfig | None = None) -> None:
+                 scanners: ScannersConfig | None = None, ssh: SshSettings | None = None,
+                 hosts: FactsSource | None = None) -> None:
         self.store = store
+        self.ssh = ssh or SshSettings()
+        self.hosts = hosts  # a given source of host facts (tests, tools) instead of the CLI section's SSH
         self.box = box
         self.options = options or ScanOptions()
         self.progress = progress or _Quiet()
@@ -186,7 +192,29 @@ class Scanner:
             raise StackmapError(f"environment {self.env.name} has no OpenStack configuration section")
         return OpenStackClient(section, self.box, adapter=self.adapter)
 
+    def _host_source(self) -> SshRunner | HostsUnavailable | None:
+        """Host-level commands for the fetchers, when the environment has a CLI section. A runner
+        that cannot even be set up (no known_hosts file, an unusable key) still answers, with that
+        reason as every host's error, so the fetchers keep the hosts' previous data."""
+        section = self.env.section("CLI")
+        if section is None:
+            return None
+        source = open_runner(section, self.box, self.ssh, store=self.store, environment=self.env.name)
+        if isinstance(source, HostsUnavailable):
+            self.summary.errors.append(f"host-level discovery: {source.reason}")
+        return source
+
     def _inventory(self, scanners: ScannersConfig) -> bool:
+        if self.hosts is not None:
+            return self._inventory_with(scanners, self.hosts)
+        hosts = self._host_source()
+        try:
+            return self._inventory_with(scanners, hosts)
+        finally:
+            if hosts is not None:
+                hosts.close()
+
+    def _inventory_with(self, scanners: ScannersConfig, hosts: FactsSource | None) -> bool:
         env_name = self.env.name
         client = self.client()
         try:
@@ -196,7 +224,7 @@ class Scanner:
             raise StackmapError(str(exc)) from None
         cache = ResourceCache(client, regions)
         db = DbFacts.for_environment(self.env, self.box)
-        ctx = FetchContext(env_name, cache, self.env.to_doc(), db=db)
+        ctx = FetchContext(env_name, cache, self.env.to_doc(), hosts=hosts, db=db)
         engine = Engine(scanners, ctx, on_level=self.progress.counted)
         try:
             if self.options.resource_types:
@@ -215,6 +243,7 @@ class Scanner:
     def _inventory_walk(self, scanners: ScannersConfig, engine: Engine, cache: ResourceCache) -> bool:
         env_name = self.env.name
         start_scanner, parents, only, prune_under = self._starting_point(scanners, engine)
+        self._remember_owners(engine.ctx, parents)
 
         def fetched(res: Resource, region: str, count: int) -> None:
             if count >= 0:
@@ -231,6 +260,7 @@ class Scanner:
             self.summary.errors.append(f"{failure.resource} ({failure.region}): {failure.message}")
         self._db_failures(engine)
         self.summary.warnings.extend(result.warnings[:50])
+        self._report_hosts(result)
         complete = result.complete and not cache.failures
         self.summary.objects_written = self.store.upsert_objects(env_name, result.objects)
         if complete:
@@ -245,15 +275,53 @@ class Scanner:
             if gone and keep:
                 # a service absent from the catalog (cinder, octavia) says nothing about its objects
                 gone = {o["id"] for o in self.store.find_objects(env_name, ids=gone) if o["type"] not in keep}
+            unread = self._unread(gone, result)
+            gone -= unread
             if gone:
                 self._delete(gone)
-            if prune_under is None:
+            if prune_under is None and not unread:
                 self._objects = result.objects  # the store now holds exactly these: reuse them for links
         elif result.failed_types:
             self.summary.errors.append(
                 "incomplete scan (could not read: " + ", ".join(sorted(result.failed_types)) + "): nothing deleted")
         self.summary.objects_by_type = dict(Counter(o["type"] for o in result.objects))
         return complete
+
+    def _remember_owners(self, ctx: FetchContext, parents: list[Doc]) -> None:
+        """A walk starting below the root (one type, one object) still needs what its first parents
+        belong to: host fetchers find a folder's host, and the host's region, through them."""
+        wanted = {str(i) for p in parents for i in (p.get("parent_id"), p.get("host")) if i}
+        wanted -= {p["id"] for p in parents}
+        if not wanted:
+            return
+        owners = self.store.find_objects(self.env.name, ids=wanted)
+        hosts = {str(o["host"]) for o in owners if o.get("host")} - {o["id"] for o in owners}
+        if hosts:
+            owners += self.store.find_objects(self.env.name, ids=hosts)
+        for owner in owners:
+            ctx.objects.setdefault(owner["id"], owner)
+
+    def _report_hosts(self, result: WalkResult) -> None:
+        for failure in result.host_errors:
+            message = f"host {failure.host}: {failure.message} (kept its previous {', '.join(failure.types)})"
+            if message not in self.summary.errors:
+                self.summary.errors.append(message)
+        for otype, reason in sorted(result.unread_types.items()):
+            self.summary.warnings.append(f"{otype}: not read ({reason}); previous objects kept")
+
+    def _unread(self, gone: set[str], result: WalkResult) -> set[str]:
+        """Of the objects a walk did not see, those it could not have seen: objects of a type no host
+        could be asked for, a failed host's objects of the failed types, and everything under them.
+        They stay as the last scan that could read them left them (no ghosts removed, none made)."""
+        kept_by_host = result.kept_subtrees()
+        if not gone or not (kept_by_host or result.unread_types):
+            return set()
+        docs = self.store.find_objects(self.env.name, ids=gone)
+        roots = [d for d in docs if d["type"] in result.unread_types
+                 or d["type"] in kept_by_host.get(str(d.get("host")), ())]
+        prefixes = tuple(f"{d['id_path']}/" for d in roots if d.get("id_path"))
+        return {d["id"] for d in roots} | {d["id"] for d in docs if prefixes and
+                                           str(d.get("id_path") or "").startswith(prefixes)}
 
     def _delete(self, ids: set[str]) -> None:
         """Delete objects, counting the links and cliques that go with them."""
@@ -301,6 +369,7 @@ class Scanner:
             parents = [environment_root(env_name)] if parent_types == ["environment"] else [
                 p for ptype in parent_types for p in self.store.find_objects(env_name, type=ptype)]
             plans.append((otype, scanner, parents))
+            self._remember_owners(engine.ctx, parents)
         needed = [r for otype, scanner, _ in plans for r in engine.resources_needed(scanner, only_type=otype)]
         try:
             cache.prefetch(needed)
@@ -313,10 +382,12 @@ class Scanner:
         for otype, scanner, parents in plans:
             result = engine.walk(parents, scanner, only_type=otype)
             self.summary.warnings.extend(result.warnings[:20])
+            self._report_hosts(result)
             self.summary.objects_written += self.store.upsert_objects(env_name, result.objects)
             counts[otype] += len(result.objects)
             if result.complete and not cache.failures:
                 gone = self.store.object_ids(env_name, [otype]) - {o["id"] for o in result.objects}
+                gone -= self._unread(gone, result)
                 if gone:
                     self._delete(gone)
             else:

@@ -48,7 +48,9 @@ class ScannersConfig(BaseModel):
 
     @model_validator(mode="after")
     def _references(self) -> ScannersConfig:
-        import stackmap.discovery.db.fetchers  # noqa: F401  (registers the DB fetchers)
+        # importing them registers the DB and host fetchers (Fetcher subclasses register themselves)
+        import stackmap.discovery.db.fetchers
+        import stackmap.discovery.host.fetchers  # noqa: F401
         from stackmap.discovery.api.fetchers import Fetcher
 
         if ROOT_SCANNER not in self.scanners:

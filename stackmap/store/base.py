@@ -233,6 +233,21 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def remove_scheduled_scan(self, schedule_id: str) -> bool: ...
 
+    # -- host keys ---------------------------------------------------------------------------------
+    # SSH host keys pinned on first use (``host_key_policy = "pin"``), keyed by (environment, host)
+    # where ``host`` is the address as known_hosts names it (``addr`` or ``[addr]:port``).
+    @abc.abstractmethod
+    def get_host_key(self, environment: str, host: str) -> Doc | None: ...
+
+    @abc.abstractmethod
+    def pin_host_key(self, doc: Mapping[str, Any]) -> Doc:
+        """Record a host key unless one is recorded for that (environment, host) already; returns the
+        recorded document, so that of two scans meeting a new host at once both check the same key."""
+
+    @abc.abstractmethod
+    def remove_host_key(self, environment: str, host: str) -> bool:
+        """Forget a pinned key (the host was legitimately re-keyed); False if none was recorded."""
+
     # -- messages ----------------------------------------------------------------------------------
     @abc.abstractmethod
     def append_messages(self, docs: Iterable[Mapping[str, Any]]) -> int: ...
@@ -253,6 +268,7 @@ class Store(abc.ABC):
 
 INVENTORY_REQUIRED = ("id", "type")
 LINK_REQUIRED = ("link_type", "source_id", "target_id")
+HOST_KEY_REQUIRED = ("environment", "host", "key_type", "key")
 
 
 def check_keys(doc: Mapping[str, Any], required: tuple[str, ...], what: str) -> None:

@@ -35,6 +35,7 @@ from pymongo.errors import (
 
 from stackmap.errors import DuplicateError, NotFound, StoreError, StoreUnavailable
 from stackmap.store.base import (
+    HOST_KEY_REQUIRED,
     INVENTORY_REQUIRED,
     LINK_REQUIRED,
     MONITOR_FIELDS,
@@ -63,6 +64,7 @@ CLIQUE_CONSTRAINTS = "clique_constraints"
 SCANS = "scans"
 SCHEDULED_SCANS = "scheduled_scans"
 MESSAGES = "messages"
+HOST_KEYS = "host_keys"  # ours (Calipso had none): SSH host keys pinned on first use
 
 _INDEXES: dict[str, list[tuple[list[tuple[str, int]], bool]]] = {
     INVENTORY: [
@@ -93,6 +95,7 @@ _INDEXES: dict[str, list[tuple[list[tuple[str, int]], bool]]] = {
     ],
     CLIQUE_TYPES: [([("id", ASCENDING)], True)],
     CLIQUE_CONSTRAINTS: [([("id", ASCENDING)], True)],
+    HOST_KEYS: [([("environment", ASCENDING), ("host", ASCENDING)], True)],
 }
 
 # mongomock keeps its data per client object, so every MongoStore of one process shares one client
@@ -359,7 +362,7 @@ class MongoStore(Store):
         with self._op():
             if self._db[ENVIRONMENTS].delete_one({"name": name}).deleted_count == 0:
                 return False
-            for collection in (INVENTORY, LINKS, CLIQUES, SCANS, SCHEDULED_SCANS, MESSAGES):
+            for collection in (INVENTORY, LINKS, CLIQUES, SCANS, SCHEDULED_SCANS, MESSAGES, HOST_KEYS):
                 self._db[collection].delete_many({"environment": name})
             return True
 
@@ -736,6 +739,25 @@ class MongoStore(Store):
     def remove_scheduled_scan(self, schedule_id: str) -> bool:
         with self._op():
             return self._db[SCHEDULED_SCANS].delete_one({"id": schedule_id}).deleted_count > 0
+
+    # -- host keys ---------------------------------------------------------------------------------
+    def get_host_key(self, environment: str, host: str) -> Doc | None:
+        return self._one(HOST_KEYS, {"environment": environment, "host": host})
+
+    def pin_host_key(self, doc: Mapping[str, Any]) -> Doc:
+        check_keys(doc, HOST_KEY_REQUIRED, "host key")
+        query = {"environment": doc["environment"], "host": doc["host"]}
+        with self._op():
+            try:
+                raw = self._db[HOST_KEYS].find_one_and_update(
+                    query, {"$setOnInsert": encode(doc)}, upsert=True, return_document=ReturnDocument.AFTER)
+            except DuplicateKeyError:  # a concurrent first pin won the insert: its key stands
+                raw = self._db[HOST_KEYS].find_one(query)
+        return _from_db(raw)
+
+    def remove_host_key(self, environment: str, host: str) -> bool:
+        with self._op():
+            return self._db[HOST_KEYS].delete_one({"environment": environment, "host": host}).deleted_count > 0
 
     # -- messages ----------------------------------------------------------------------------------
     def append_messages(self, docs: Iterable[Mapping[str, Any]]) -> int:

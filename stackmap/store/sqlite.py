@@ -19,6 +19,7 @@ from typing import Any
 
 from stackmap.errors import DuplicateError, NotFound, StoreError, StoreUnavailable
 from stackmap.store.base import (
+    HOST_KEY_REQUIRED,
     INVENTORY_REQUIRED,
     LINK_REQUIRED,
     MONITOR_FIELDS,
@@ -67,6 +68,8 @@ CREATE TABLE IF NOT EXISTS messages (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, environment TEXT, level TEXT,
     source_system TEXT, related_object TEXT, timestamp TEXT NOT NULL, doc TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS messages_env ON messages (environment, timestamp);
+CREATE TABLE IF NOT EXISTS host_keys (
+    environment TEXT NOT NULL, host TEXT NOT NULL, doc TEXT NOT NULL, PRIMARY KEY (environment, host));
 """
 
 _IDS = "(SELECT value FROM json_each(?))"
@@ -197,7 +200,8 @@ class SqliteStore(Store):
             cur.execute("DELETE FROM environments_config WHERE name = ?", (name,))
             if cur.rowcount == 0:
                 return False
-            for table in ("inventory", "links", "cliques", "clique_nodes", "scans", "scheduled_scans", "messages"):
+            for table in ("inventory", "links", "cliques", "clique_nodes", "scans", "scheduled_scans", "messages",
+                          "host_keys"):
                 cur.execute(f"DELETE FROM {table} WHERE environment = ?", (name,))
             return True
 
@@ -662,6 +666,25 @@ class SqliteStore(Store):
     def remove_scheduled_scan(self, schedule_id: str) -> bool:
         with self._write() as cur:
             cur.execute("DELETE FROM scheduled_scans WHERE id = ?", (schedule_id,))
+            return cur.rowcount > 0
+
+    # -- host keys ---------------------------------------------------------------------------------
+    def get_host_key(self, environment: str, host: str) -> Doc | None:
+        docs = self._docs("SELECT doc FROM host_keys WHERE environment = ? AND host = ?", (environment, host))
+        return docs[0] if docs else None
+
+    def pin_host_key(self, doc: Mapping[str, Any]) -> Doc:
+        check_keys(doc, HOST_KEY_REQUIRED, "host key")
+        with self._write() as cur:
+            cur.execute("INSERT OR IGNORE INTO host_keys (environment, host, doc) VALUES (?, ?, ?)",
+                        (doc["environment"], doc["host"], dumps(doc)))
+            row = cur.execute("SELECT doc FROM host_keys WHERE environment = ? AND host = ?",
+                              (doc["environment"], doc["host"])).fetchone()
+        return loads(row[0])
+
+    def remove_host_key(self, environment: str, host: str) -> bool:
+        with self._write() as cur:
+            cur.execute("DELETE FROM host_keys WHERE environment = ? AND host = ?", (environment, host))
             return cur.rowcount > 0
 
     # -- messages ----------------------------------------------------------------------------------

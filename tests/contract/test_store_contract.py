@@ -405,3 +405,31 @@ def test_an_api_status_stays_the_documents_own(store: Store) -> None:
     assert store.upsert_objects(ENV, [dict(port, status="DOWN")]) == 1  # an API status change is a change
     got = store.get_object(ENV, "p1")
     assert got["status"] == "DOWN" and got["status_value"] == 2
+
+
+# -- host keys -------------------------------------------------------------------------------------
+
+def host_key(host: str, key: str, environment: str = ENV) -> dict[str, Any]:
+    return {"environment": environment, "host": host, "key_type": "ssh-ed25519", "key": key,
+            "fingerprint": f"SHA256:{key[:8]}", "first_seen": T0}
+
+
+def test_host_keys_are_pinned_on_first_use_only(store: Store) -> None:
+    store.add_environment(env_doc())
+    store.add_environment(env_doc("other"))
+    assert store.get_host_key(ENV, "10.0.0.5") is None
+    assert store.pin_host_key(host_key("10.0.0.5", "AAAAfirst")) == host_key("10.0.0.5", "AAAAfirst")
+    # a later, different key does not replace the first: the caller gets the pinned one to compare
+    assert store.pin_host_key(host_key("10.0.0.5", "AAAAsecond"))["key"] == "AAAAfirst"
+    assert store.get_host_key(ENV, "10.0.0.5") == host_key("10.0.0.5", "AAAAfirst")
+    # per environment and per host
+    assert store.pin_host_key(host_key("10.0.0.5", "AAAAother", "other"))["key"] == "AAAAother"
+    assert store.pin_host_key(host_key("[10.0.0.5]:2222", "AAAAport"))["key"] == "AAAAport"
+    with pytest.raises(ValueError):
+        store.pin_host_key({"environment": ENV, "host": "h"})
+    assert store.remove_host_key(ENV, "10.0.0.5")
+    assert not store.remove_host_key(ENV, "10.0.0.5")
+    assert store.get_host_key(ENV, "10.0.0.5") is None
+    assert store.remove_environment("other")
+    assert store.get_host_key("other", "10.0.0.5") is None
+    assert store.get_host_key(ENV, "[10.0.0.5]:2222") is not None

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from stackmap.discovery.api import resources as R
 from stackmap.discovery.api.resources import Resource, ResourceCache
-from stackmap.discovery.host.facts import FactsSource
+from stackmap.discovery.host.facts import FactsSource, HostFailure
 from stackmap.model import stable_id
 
 if TYPE_CHECKING:
@@ -35,7 +35,21 @@ class FetchContext:
     env_doc: dict[str, Any]
     hosts: FactsSource | None = None  # host-level commands (SSH); None when the environment has no CLI access
     db: DbFacts | None = None  # OpenStack's databases (read-only); None when the environment has no mysql section
+    objects: dict[str, Doc] = field(default_factory=dict)  # this walk's parents and placed objects, by id
+    host_failures: list[HostFailure] = field(default_factory=list)
+    unread_types: dict[str, str] = field(default_factory=dict)  # type -> why nothing of it could be read
+    scratch: dict[tuple[str, ...], Any] = field(default_factory=dict)  # facts one level reads for the next
     _indexes: dict[tuple[str, str], dict[str, list[Doc]]] = field(default_factory=dict)
+
+    def report_host_failure(self, host: str, types: Iterable[str], message: str) -> None:
+        """A host, or some of its facts, could not be read: keep its objects of these types (and
+        what lies under them) instead of pruning them, and tell the operator."""
+        self.host_failures.append(HostFailure(host, tuple(sorted(set(types))), message))
+
+    def report_unread(self, types: Iterable[str], reason: str) -> None:
+        """No host could be asked at all (no CLI access configured): keep every object of these types."""
+        for otype in types:
+            self.unread_types.setdefault(otype, reason)
 
     def subnets_by_network(self, region: str) -> dict[str, list[Doc]]:
         key = ("subnets", region)
@@ -70,6 +84,7 @@ class Fetcher:
     name: ClassVar[str] = ""
     object_type: ClassVar[str] = ""
     resources: ClassVar[tuple[Resource, ...]] = ()
+    needs_hosts: ClassVar[bool] = False  # reads host facts (FetchContext.hosts), not only the APIs
     registry: ClassVar[dict[str, type[Fetcher]]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
