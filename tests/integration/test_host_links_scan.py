@@ -23,8 +23,10 @@ from stackmap.store import Store, open_store
 from tests.fakecloud import CloudSize, FakeCloud, FakeCloudServer
 from tests.hostbed import host_bed
 from tests.hosttopo import (
+    LxbHost,
     NetworkNode,
     OvsCompute,
+    build_lxb_host,
     build_network_node,
     build_ovs_compute,
     missing_requirements,
@@ -80,37 +82,52 @@ def network_node_of(cloud: FakeCloud) -> tuple[NetworkNode, str]:
     return node, cidr[tenant["id"]]
 
 
+def add_instance_like_vnic(host: Any, bridge: str, cidr: str) -> None:
+    """A namespace interface whose host-side veth peer is enslaved to ``bridge``, as an instance's tap."""
+    net = ipaddress.ip_network(cidr)
+    host.exec(["ip", "netns", "add", NS])
+    host.exec(["ip", "link", "add", OUTSIDE, "type", "veth", "peer", "name", INSIDE, "netns", NS])
+    host.exec(["ip", "link", "set", OUTSIDE, "master", bridge, "up"])
+    host.exec(["ip", "-n", NS, "link", "set", INSIDE, "up"])
+    host.exec(["ip", "-n", NS, "addr", "add", f"{net[50]}/{net.prefixlen}", "dev", INSIDE])
+
+
 @pytest.fixture
-def rig(tmp_path: Path) -> Iterator[Rig]:
+def rig_factory(tmp_path: Path) -> Iterator[Any]:
     with host_bed("hl") as bed, FakeCloudServer(FakeCloud(SIZE)) as server:
         store = open_store(f"sqlite:///{tmp_path}/s.db")
-        box = SecretBox(tmp_path / "k")
-        add_environment(store, box, EnvironmentConfig.model_validate({
-            "name": ENV, "distribution": "Stock", "mechanism_drivers": ["OVS"], "type_drivers": "vxlan",
-            "configuration": [{"name": "OpenStack", "auth_url": server.auth_url, "user": server.cloud.user,
-                               "pwd": server.cloud.password, "project": "admin"}],
-        }))
-        hosts = {name: new_host(bed, name) for name in (CONTROLLER, C0, C1)}
-        for host in hosts.values():
-            start_ovs(host)
-        node, tenant_cidr = network_node_of(server.cloud)
-        build_network_node(hosts[CONTROLLER], node)
-        hosts[CONTROLLER].exec(["ovs-vsctl", "add-br", "br-int", "--", "set", "bridge", "br-int",
-                                "datapath_type=netdev"])
-        topo = build_ovs_compute(hosts[C0], [hosts[C1].ip])
-        build_ovs_compute(hosts[C1], [hosts[C0].ip])
-        # the instance-like vNIC on compute-000: a namespace interface whose veth peer is on the qbr bridge
-        net = ipaddress.ip_network(tenant_cidr)
-        c0 = hosts[C0]
-        c0.exec(["ip", "netns", "add", NS])
-        c0.exec(["ip", "link", "add", OUTSIDE, "type", "veth", "peer", "name", INSIDE, "netns", NS])
-        c0.exec(["ip", "link", "set", OUTSIDE, "master", topo.qbr, "up"])
-        c0.exec(["ip", "-n", NS, "link", "set", INSIDE, "up"])
-        c0.exec(["ip", "-n", NS, "addr", "add", f"{net[50]}/{net.prefixlen}", "dev", INSIDE])
-        # a port of the tenant network bound to compute-000, as neutron binds an instance's port
-        server.cloud.update("ports", node.dhcp_port, **{"binding:host_id": C0})
-        yield Rig(store, box, NsFacts(hosts), server.cloud, hosts)
+
+        def make(mechanism: str) -> Rig:
+            box = SecretBox(tmp_path / "k")
+            add_environment(store, box, EnvironmentConfig.model_validate({
+                "name": ENV, "distribution": "Stock", "mechanism_drivers": [mechanism], "type_drivers": "vxlan",
+                "configuration": [{"name": "OpenStack", "auth_url": server.auth_url, "user": server.cloud.user,
+                                   "pwd": server.cloud.password, "project": "admin"}],
+            }))
+            hosts = {name: new_host(bed, name) for name in (CONTROLLER, C0, C1)}
+            # a port of the tenant network bound to compute-000, as neutron binds an instance's port
+            node, _ = network_node_of(server.cloud)
+            server.cloud.update("ports", node.dhcp_port, **{"binding:host_id": C0})
+            return Rig(store, box, NsFacts(hosts), server.cloud, hosts)
+
+        yield make
         store.close()
+
+
+@pytest.fixture
+def rig(rig_factory: Any) -> Rig:
+    """OVS hosts: the controller's namespaces on a Linux bridge, two hybrid-plug VXLAN computes."""
+    rig: Rig = rig_factory("OVS")
+    hosts = rig.hosts
+    for host in hosts.values():
+        start_ovs(host)
+    node, tenant_cidr = network_node_of(rig.cloud)
+    build_network_node(hosts[CONTROLLER], node)
+    hosts[CONTROLLER].exec(["ovs-vsctl", "add-br", "br-int", "--", "set", "bridge", "br-int", "datapath_type=netdev"])
+    topo = build_ovs_compute(hosts[C0], [hosts[C1].ip])
+    build_ovs_compute(hosts[C1], [hosts[C0].ip])
+    add_instance_like_vnic(hosts[C0], topo.qbr, tenant_cidr)
+    return rig
 
 
 def test_scan_links_the_host_layer_and_the_instance_like_vnic_clique_walks_to_the_network(rig: Rig) -> None:
@@ -160,3 +177,28 @@ def test_scan_links_the_host_layer_and_the_instance_like_vnic_clique_walks_to_th
     c1 = rig.links("otep-host_pnic")[(stable_id(C1, "otep", "vxlan"), stable_id(C1, "eth0"))]
     assert c1["state"] == "down"
     assert rig.links("otep-host_pnic")[(otep, eth0)]["state"] == "up"
+
+
+def test_linux_bridge_scan_walks_vnic_bridge_vxlan_otep_pnic_network(rig_factory: Any) -> None:
+    rig: Rig = rig_factory("LXB")
+    node, tenant_cidr = network_node_of(rig.cloud)
+    topo = LxbHost(network_id=node.network_id)
+    build_lxb_host(rig.hosts[C0], [rig.hosts[C1].ip], topo)
+    build_lxb_host(rig.hosts[C1], [rig.hosts[C0].ip], topo)
+    add_instance_like_vnic(rig.hosts[C0], topo.bridge, tenant_cidr)
+    rig.scan()
+    vnic, brq = stable_id(C0, NS, INSIDE), stable_id(C0, topo.bridge)
+    otep, eth0 = stable_id(C0, "otep", topo.vxlan), stable_id(C0, "eth0")
+    assert set(rig.links("otep-vconnector")) == {(stable_id(h, "otep", topo.vxlan), stable_id(h, topo.bridge))
+                                                 for h in (C0, C1)}
+    assert set(rig.links("otep-host_pnic")) == {(stable_id(h, "otep", topo.vxlan), stable_id(h, "eth0"))
+                                                for h in (C0, C1)}
+    assert rig.links("vedge-otep") == {} and rig.links("vconnector-vedge") == {}
+    clique = rig.clique(vnic)
+    assert clique["clique_type"] == "lxb-vxlan-vnic"
+    by_pair = {(lk["source_id"], lk["target_id"]): lk["link_type"] for lk in clique["links_detailed"]}
+    assert by_pair[(vnic, brq)] == "vnic-vconnector"
+    assert by_pair[(otep, brq)] == "otep-vconnector"
+    assert by_pair[(otep, eth0)] == "otep-host_pnic"
+    assert by_pair[(eth0, node.network_id)] == "host_pnic-network"
+    assert not [n for n in clique["nodes"] if n.startswith(C1)]
