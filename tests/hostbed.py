@@ -123,6 +123,28 @@ class TestHost:
         path.mkdir(exist_ok=True)
         return path
 
+    def _private_user_db(self) -> tuple[Path, Path]:
+        """This host's own /etc/passwd and /etc/shadow (bind-mounted copies), made on first need.
+
+        Root's login shell in the copy is /bin/sh: sshd runs every session through the login shell,
+        and this machine's root bash would source /root/.bashrc (here a pyenv init spawning dozens of
+        processes) on each one, which measures the machine's dotfiles, not the runner.
+        """
+        passwd, shadow = self.dir / "passwd", self.dir / "shadow"
+        if not passwd.exists():
+            lines = []
+            for line in Path("/etc/passwd").read_text().splitlines():
+                fields = line.split(":")
+                if fields[0] == "root" and len(fields) == 7:
+                    fields[6] = "/bin/sh"
+                lines.append(":".join(fields))
+            passwd.write_text("\n".join(lines) + "\n")
+            shadow.write_text(Path("/etc/shadow").read_text())
+            shadow.chmod(0o640)
+            self.exec(["mount", "--bind", str(passwd), "/etc/passwd"])
+            self.exec(["mount", "--bind", str(shadow), "/etc/shadow"])
+        return passwd, shadow
+
     def add_user(self, name: str, password: str | None = None, authorized_key: str | None = None) -> Path:
         """A login that exists on this host only (private passwd/shadow); returns its home directory."""
         home = self.dir / "home" / name
@@ -134,20 +156,12 @@ class TestHost:
         hashed = "*"
         if password is not None:
             hashed = _run(["openssl", "passwd", "-6", "-stdin"], input=password).stdout.strip()
-        passwd, shadow = self.dir / "passwd", self.dir / "shadow"
-        first = not passwd.exists()
-        if first:
-            passwd.write_text(Path("/etc/passwd").read_text())
-            shadow.write_text(Path("/etc/shadow").read_text())
-            shadow.chmod(0o640)
-        # written in place (same inode) so that an earlier bind mount sees the new user
+        passwd, shadow = self._private_user_db()
+        # appended in place (same inode), so that the bind mounts see the new user
         with passwd.open("a") as fh:
             fh.write(f"{name}:x:{uid}:100::{home}:/bin/sh\n")
         with shadow.open("a") as fh:
             fh.write(f"{name}:{hashed}:20000:0:99999:7:::\n")
-        if first:
-            self.exec(["mount", "--bind", str(passwd), "/etc/passwd"])
-            self.exec(["mount", "--bind", str(shadow), "/etc/shadow"])
         _run(["chown", "-R", f"{uid}:100", str(home)])
         return home
 
@@ -182,6 +196,7 @@ class TestHost:
             f"    AuthorizedKeysFile {auth_keys}\n"
         )
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation directory
+        self._private_user_db()
         with log.open("ab") as log_fh:
             proc = self.popen([SSHD, "-D", "-e", "-f", str(config)], stdout=log_fh, stderr=log_fh,
                               stdin=subprocess.DEVNULL)
