@@ -289,3 +289,14 @@ def test_hosts_run_concurrently_up_to_max_parallel(bed: HostBed, box: SecretBox,
     with runner(cli(hosts[0], bed, box), box, store, max_parallel=2) as run:
         run.collect(docs, {"nap": "sleep 0.3"})
         assert run.stats.max_active == 2
+
+
+def test_a_lost_connection_is_made_again_on_the_next_call(bed: HostBed, box: SecretBox, store: Store) -> None:
+    host = sshd_hosts(bed, 1)[0]
+    with runner(cli(host, bed, box), box, store) as run:
+        assert run.collect([doc(host)], {"t": "true"})["h0"].outputs["t"].ok
+        assert host.sshd_pid is not None
+        host.exec(["pkill", "-KILL", "-P", str(host.sshd_pid)])  # the per-connection sshd dies: link cut
+        facts = run.collect([doc(host)], {"u": "uname -s"})
+        assert facts["h0"].error is None and facts["h0"].outputs["u"].stdout == "Linux\n"
+        assert run.stats.connects[host.ip] == 2

@@ -132,6 +132,10 @@ class SshRunner:
     def close(self) -> None:
         with self._guard:
             clients, self._clients = self._clients, {}
+        if clients:
+            log.info("ssh connections closed", environment=self.environment, connections=len(clients),
+                     connects=sum(self.stats.connects.values()), execs=sum(self.stats.execs.values()),
+                     max_parallel_seen=self.stats.max_active)
         jump = clients.pop(self.cli.host, None)
         for client in [*clients.values(), *([jump] if jump else [])]:  # the jump host's last
             client.close()
