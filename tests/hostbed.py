@@ -165,6 +165,16 @@ class TestHost:
         _run(["chown", "-R", f"{uid}:100", str(home)])
         return home
 
+    def allow_sudo(self, user: str, rule: str = "ALL=(root) NOPASSWD: ALL") -> None:
+        """Let ``user`` use sudo on this host only (a private /etc/sudoers.d bind-mounted over it)."""
+        sudoers = self.dir / "sudoers.d"
+        if not sudoers.exists():
+            sudoers.mkdir(mode=0o750)
+            self.exec(["mount", "--bind", str(sudoers), "/etc/sudoers.d"])
+        entry = sudoers / f"hostbed-{user}"
+        entry.write_text(f"{user} {rule}\n")
+        entry.chmod(0o440)
+
     def start_sshd(self, authorized_key: str | None = None, host_key_path: Path | None = None,
                    extra_config: str = "") -> int:
         """A real OpenSSH sshd inside the host, on port 22 of all its addresses; root logs in by key.

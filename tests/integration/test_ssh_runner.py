@@ -266,6 +266,12 @@ def test_sudo_only_when_configured_and_a_refusal_is_per_command(
         assert out.error is not None and out.error.startswith("sudo refused: sudo:") and out.stdout == ""
     with runner(cli(host, bed, box, sudo=True), box, store) as run:  # root: sudo is not needed
         assert run.collect([doc(host)], commands)["sudo"].outputs["uid"].stdout == "0\n"
+    host.allow_sudo("plain")
+    with runner(cli(host, bed, box, user="plain", sudo=True), box, store, command_timeout_s=1) as run:
+        facts = run.collect([doc(host)], {**commands, "slow": "sleep 30", "after": "id -u"})
+    outputs = facts["sudo"].outputs
+    assert outputs["uid"].stdout == outputs["after"].stdout == "0\n"  # granted: the commands ran as root
+    assert outputs["slow"].error == "timed out after 1 s"  # and the timeout still reaches a command under sudo
 
 
 def test_each_command_has_its_own_timeout(bed: HostBed, box: SecretBox, store: Store) -> None:
