@@ -13,13 +13,16 @@ database is never touched.
 
 Everything a bed creates carries its prefix, and ``close()`` kills every process living in its hosts'
 network namespaces and deletes the links it made, so parallel runs and failed runs don't collide.
-Needs root, ``unshare``/``nsenter`` (util-linux), ``ip``/``bridge`` (iproute2), and for ``start_sshd``
-openssh-server and ``ssh-keygen``.
+Hosts and their daemons are killed if the thread that created the bed dies (PR_SET_PDEATHSIG), so
+create a bed in the thread that will close it. Needs root, ``unshare``/``nsenter`` (util-linux),
+``ip``/``bridge``/``ss`` (iproute2), ``openssl`` (for passwords), and for ``start_sshd`` openssh-server
+(``sshd``, ``ssh-keygen``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import ipaddress
 import json
 import os
@@ -39,6 +42,8 @@ SSHD = "/usr/sbin/sshd"
 # mounted over with an empty tmpfs inside each host, so that the host's view of them is its own
 PRIVATE_DIRS = ("/run/netns", "/run/openvswitch")
 REQUIRED_TOOLS = ("unshare", "nsenter", "ip")
+PR_SET_PDEATHSIG = 1
+_LIBC = ctypes.CDLL(None, use_errno=True)  # loaded here: a child between fork and exec only calls it
 
 
 def missing_requirements(sshd: bool = True) -> str | None:
@@ -59,6 +64,12 @@ def _run(argv: Sequence[str], check: bool = True, input: str | None = None) -> s
     if check and proc.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} failed ({proc.returncode}): {proc.stderr.strip()}")
     return proc
+
+
+def _die_with_parent() -> None:
+    """In a child before exec: SIGKILL it when the thread that started it dies, so a test run killed
+    outright does not leave hosts (and their namespaces, which vanish with their last process) behind."""
+    _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _netns_inode(pid: int) -> int | None:
@@ -115,7 +126,9 @@ class TestHost:
         return _run(self.nsenter() + list(argv), check=check, input=input)
 
     def popen(self, argv: Sequence[str], **kwargs: object) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(self.nsenter() + list(argv), **kwargs)  # type: ignore[call-overload]
+        """A long-running process inside the host (a daemon); it dies with the bed's creator."""
+        return subprocess.Popen(self.nsenter() + list(argv), preexec_fn=_die_with_parent,  # type: ignore[call-overload]
+                                **kwargs)
 
     @property
     def dir(self) -> Path:
@@ -244,6 +257,7 @@ class HostBed:
         self._links: list[str] = []  # root-namespace links to delete
         self._inodes: list[int] = []
         self._link_nets = 0
+        self._link_octet = random.randint(1, 254)  # link() subnets: 169.254.<this>.<4n>/30
         self.subnet = ipaddress.ip_network(subnet) if subnet else _free_subnet()
         self._addresses = self.subnet.hosts()
         self.bridge = f"{self.prefix}br"
@@ -271,7 +285,8 @@ class HostBed:
         script += "ip link set lo up && echo ready && exec sleep infinity"
         anchor = subprocess.Popen(
             ["unshare", "--net", "--mount", "--propagation", "private", "sh", "-c", script],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+            preexec_fn=_die_with_parent)
         self._procs.append(anchor)  # type: ignore[arg-type]
         assert anchor.stdout is not None
         if anchor.stdout.readline().strip() != "ready":
@@ -305,8 +320,10 @@ class HostBed:
         """
         self._link_nets += 1
         n = self._link_nets
+        if n >= 64:
+            raise RuntimeError("at most 63 links per bed")
         # 169.254.x.y/30 pairs: link-local, never routed from the root namespace
-        base = ipaddress.ip_address(f"169.254.{random.randint(1, 254)}.0") + 4 * (n % 64)
+        base = ipaddress.ip_address(f"169.254.{self._link_octet}.0") + 4 * n
         ip_a, ip_b = str(base + 1), str(base + 2)
         end_a, end_b = f"{self.prefix}a{n}", f"{self.prefix}b{n}"
         _run(["ip", "link", "add", end_a, "type", "veth", "peer", "name", end_b])
