@@ -158,7 +158,8 @@ class TestHost:
             self.exec(["mount", "--bind", str(shadow), "/etc/shadow"])
         return passwd, shadow
 
-    def add_user(self, name: str, password: str | None = None, authorized_key: str | None = None) -> Path:
+    def add_user(self, name: str, password: str | None = None, authorized_key: str | None = None,
+                 shell: str = "/bin/sh") -> Path:
         """A login that exists on this host only (private passwd/shadow); returns its home directory."""
         home = self.dir / "home" / name
         (home / ".ssh").mkdir(parents=True, exist_ok=True)
@@ -172,7 +173,7 @@ class TestHost:
         passwd, shadow = self._private_user_db()
         # appended in place (same inode), so that the bind mounts see the new user
         with passwd.open("a") as fh:
-            fh.write(f"{name}:x:{uid}:100::{home}:/bin/sh\n")
+            fh.write(f"{name}:x:{uid}:100::{home}:{shell}\n")
         with shadow.open("a") as fh:
             fh.write(f"{name}:{hashed}:20000:0:99999:7:::\n")
         _run(["chown", "-R", f"{uid}:100", str(home)])

@@ -306,3 +306,20 @@ def test_a_lost_connection_is_made_again_on_the_next_call(bed: HostBed, box: Sec
         facts = run.collect([doc(host)], {"u": "uname -s"})
         assert facts["h0"].error is None and facts["h0"].outputs["u"].stdout == "Linux\n"
         assert run.stats.connects[host.ip] == 2
+
+
+def test_noise_from_the_login_shell_does_not_confuse_the_outputs(
+        bed: HostBed, box: SecretBox, store: Store) -> None:
+    host = bed.add_host("noisy")
+    shell = host.dir / "noisy-shell"  # like a .bashrc that prints a banner, even for commands
+    shell.write_text("#!/bin/sh\nprintf 'Welcome!\\000\\377 STACKMAP- 1 2 3\\n'\n"
+                     "echo banner >&2\nexec /bin/sh \"$@\"\n")
+    shell.chmod(0o755)
+    host.add_user("noisy", authorized_key=bed.client_public_key, shell=str(shell))
+    host.start_sshd()
+    with runner(cli(host, bed, box, user="noisy"), box, store) as run:
+        facts = run.collect([doc(host)], {"a": "echo one", "b": "echo two >&2; exit 4"})
+    out = facts["noisy"].outputs
+    assert facts["noisy"].error is None
+    assert (out["a"].stdout, out["a"].exit_status) == ("one\n", 0)
+    assert (out["b"].stdout, out["b"].stderr, out["b"].error) == ("", "two\n", "exit status 4: two")
