@@ -86,6 +86,7 @@ def test_commands_run_on_each_host_and_come_back_per_command(bed: HostBed, box: 
         "missing": "no-such-tool --version",
         "binary": "printf 'a\\000b\\377'",
         "mimic": "echo STACKMAP-0000000000000000 0 0 999 999",
+        "big": "head -c 3000000 /dev/zero | tr '\\000' x; head -c 200000 /dev/zero >&2",
     }
     with runner(cli(a, bed, box), box, store) as run:
         facts = run.collect([doc(a), doc(b)], commands)
@@ -103,6 +104,8 @@ def test_commands_run_on_each_host_and_come_back_per_command(bed: HostBed, box: 
         assert missing.error is not None and "command not found" in missing.error and "no-such-tool" in missing.error
         assert got.outputs["binary"].stdout == "a\x00b\ufffd"
         assert got.outputs["mimic"].stdout == "STACKMAP-0000000000000000 0 0 999 999\n"
+        big = got.outputs["big"]
+        assert big.stdout == "x" * 3_000_000 and big.stderr == "\x00" * 200_000 and big.ok
 
 
 def test_one_exec_per_host_per_call_over_one_connection_per_scan(
