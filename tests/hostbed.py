@@ -115,6 +115,7 @@ class TestHost:
     bed: HostBed = field(repr=False)
     ip: str = ""
     sshd_pid: int | None = None
+    _sshd: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     users: dict[str, int] = field(default_factory=dict)
 
     def nsenter(self) -> list[str]:
@@ -226,8 +227,17 @@ class TestHost:
                               stdin=subprocess.DEVNULL)
         self.bed._procs.append(proc)
         self._wait_listening(proc)
-        self.sshd_pid = proc.pid
+        self.sshd_pid, self._sshd = proc.pid, proc
         return proc.pid
+
+    def stop_sshd(self) -> None:
+        """Stop the sshd (and so every connection to it) and wait until it is gone."""
+        if self._sshd is None:
+            return
+        self.exec(["pkill", "-KILL", "-P", str(self._sshd.pid)], check=False)  # its connections
+        self._sshd.kill()
+        self._sshd.wait(10)
+        self._sshd, self.sshd_pid = None, None
 
     def sshd_log(self) -> str:
         path = self.dir / "sshd.log"
