@@ -13,13 +13,16 @@ database is never touched.
 
 Everything a bed creates carries its prefix, and ``close()`` kills every process living in its hosts'
 network namespaces and deletes the links it made, so parallel runs and failed runs don't collide.
-Needs root, ``unshare``/``nsenter`` (util-linux), ``ip``/``bridge`` (iproute2), and for ``start_sshd``
-openssh-server and ``ssh-keygen``.
+Hosts and their daemons are killed if the thread that created the bed dies (PR_SET_PDEATHSIG), so
+create a bed in the thread that will close it. Needs root, ``unshare``/``nsenter`` (util-linux),
+``ip``/``bridge``/``ss`` (iproute2), ``openssl`` (for passwords), and for ``start_sshd`` openssh-server
+(``sshd``, ``ssh-keygen``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import ipaddress
 import json
 import os
@@ -39,6 +42,8 @@ SSHD = "/usr/sbin/sshd"
 # mounted over with an empty tmpfs inside each host, so that the host's view of them is its own
 PRIVATE_DIRS = ("/run/netns", "/run/openvswitch")
 REQUIRED_TOOLS = ("unshare", "nsenter", "ip")
+PR_SET_PDEATHSIG = 1
+_LIBC = ctypes.CDLL(None, use_errno=True)  # loaded here: a child between fork and exec only calls it
 
 
 def missing_requirements(sshd: bool = True) -> str | None:
@@ -59,6 +64,12 @@ def _run(argv: Sequence[str], check: bool = True, input: str | None = None) -> s
     if check and proc.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} failed ({proc.returncode}): {proc.stderr.strip()}")
     return proc
+
+
+def _die_with_parent() -> None:
+    """In a child before exec: SIGKILL it when the thread that started it dies, so a test run killed
+    outright does not leave hosts (and their namespaces, which vanish with their last process) behind."""
+    _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _netns_inode(pid: int) -> int | None:
@@ -104,6 +115,7 @@ class TestHost:
     bed: HostBed = field(repr=False)
     ip: str = ""
     sshd_pid: int | None = None
+    _sshd: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     users: dict[str, int] = field(default_factory=dict)
 
     def nsenter(self) -> list[str]:
@@ -115,7 +127,9 @@ class TestHost:
         return _run(self.nsenter() + list(argv), check=check, input=input)
 
     def popen(self, argv: Sequence[str], **kwargs: object) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(self.nsenter() + list(argv), **kwargs)  # type: ignore[call-overload]
+        """A long-running process inside the host (a daemon); it dies with the bed's creator."""
+        return subprocess.Popen(self.nsenter() + list(argv), preexec_fn=_die_with_parent,  # type: ignore[call-overload]
+                                **kwargs)
 
     @property
     def dir(self) -> Path:
@@ -123,7 +137,30 @@ class TestHost:
         path.mkdir(exist_ok=True)
         return path
 
-    def add_user(self, name: str, password: str | None = None, authorized_key: str | None = None) -> Path:
+    def _private_user_db(self) -> tuple[Path, Path]:
+        """This host's own /etc/passwd and /etc/shadow (bind-mounted copies), made on first need.
+
+        Root's login shell in the copy is /bin/sh: sshd runs every session through the login shell,
+        and this machine's root bash would source /root/.bashrc (here a pyenv init spawning dozens of
+        processes) on each one, which measures the machine's dotfiles, not the runner.
+        """
+        passwd, shadow = self.dir / "passwd", self.dir / "shadow"
+        if not passwd.exists():
+            lines = []
+            for line in Path("/etc/passwd").read_text().splitlines():
+                fields = line.split(":")
+                if fields[0] == "root" and len(fields) == 7:
+                    fields[6] = "/bin/sh"
+                lines.append(":".join(fields))
+            passwd.write_text("\n".join(lines) + "\n")
+            shadow.write_text(Path("/etc/shadow").read_text())
+            shadow.chmod(0o640)
+            self.exec(["mount", "--bind", str(passwd), "/etc/passwd"])
+            self.exec(["mount", "--bind", str(shadow), "/etc/shadow"])
+        return passwd, shadow
+
+    def add_user(self, name: str, password: str | None = None, authorized_key: str | None = None,
+                 shell: str = "/bin/sh") -> Path:
         """A login that exists on this host only (private passwd/shadow); returns its home directory."""
         home = self.dir / "home" / name
         (home / ".ssh").mkdir(parents=True, exist_ok=True)
@@ -134,22 +171,24 @@ class TestHost:
         hashed = "*"
         if password is not None:
             hashed = _run(["openssl", "passwd", "-6", "-stdin"], input=password).stdout.strip()
-        passwd, shadow = self.dir / "passwd", self.dir / "shadow"
-        first = not passwd.exists()
-        if first:
-            passwd.write_text(Path("/etc/passwd").read_text())
-            shadow.write_text(Path("/etc/shadow").read_text())
-            shadow.chmod(0o640)
-        # written in place (same inode) so that an earlier bind mount sees the new user
+        passwd, shadow = self._private_user_db()
+        # appended in place (same inode), so that the bind mounts see the new user
         with passwd.open("a") as fh:
-            fh.write(f"{name}:x:{uid}:100::{home}:/bin/sh\n")
+            fh.write(f"{name}:x:{uid}:100::{home}:{shell}\n")
         with shadow.open("a") as fh:
             fh.write(f"{name}:{hashed}:20000:0:99999:7:::\n")
-        if first:
-            self.exec(["mount", "--bind", str(passwd), "/etc/passwd"])
-            self.exec(["mount", "--bind", str(shadow), "/etc/shadow"])
         _run(["chown", "-R", f"{uid}:100", str(home)])
         return home
+
+    def allow_sudo(self, user: str, rule: str = "ALL=(root) NOPASSWD: ALL") -> None:
+        """Let ``user`` use sudo on this host only (a private /etc/sudoers.d bind-mounted over it)."""
+        sudoers = self.dir / "sudoers.d"
+        if not sudoers.exists():
+            sudoers.mkdir(mode=0o750)
+            self.exec(["mount", "--bind", str(sudoers), "/etc/sudoers.d"])
+        entry = sudoers / f"hostbed-{user}"
+        entry.write_text(f"{user} {rule}\n")
+        entry.chmod(0o440)
 
     def start_sshd(self, authorized_key: str | None = None, host_key_path: Path | None = None,
                    extra_config: str = "") -> int:
@@ -182,13 +221,23 @@ class TestHost:
             f"    AuthorizedKeysFile {auth_keys}\n"
         )
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation directory
+        self._private_user_db()
         with log.open("ab") as log_fh:
             proc = self.popen([SSHD, "-D", "-e", "-f", str(config)], stdout=log_fh, stderr=log_fh,
                               stdin=subprocess.DEVNULL)
         self.bed._procs.append(proc)
         self._wait_listening(proc)
-        self.sshd_pid = proc.pid
+        self.sshd_pid, self._sshd = proc.pid, proc
         return proc.pid
+
+    def stop_sshd(self) -> None:
+        """Stop the sshd (and so every connection to it) and wait until it is gone."""
+        if self._sshd is None:
+            return
+        self.exec(["pkill", "-KILL", "-P", str(self._sshd.pid)], check=False)  # its connections
+        self._sshd.kill()
+        self._sshd.wait(10)
+        self._sshd, self.sshd_pid = None, None
 
     def sshd_log(self) -> str:
         path = self.dir / "sshd.log"
@@ -219,6 +268,7 @@ class HostBed:
         self._links: list[str] = []  # root-namespace links to delete
         self._inodes: list[int] = []
         self._link_nets = 0
+        self._link_octet = random.randint(1, 254)  # link() subnets: 169.254.<this>.<4n>/30
         self.subnet = ipaddress.ip_network(subnet) if subnet else _free_subnet()
         self._addresses = self.subnet.hosts()
         self.bridge = f"{self.prefix}br"
@@ -246,7 +296,8 @@ class HostBed:
         script += "ip link set lo up && echo ready && exec sleep infinity"
         anchor = subprocess.Popen(
             ["unshare", "--net", "--mount", "--propagation", "private", "sh", "-c", script],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+            preexec_fn=_die_with_parent)
         self._procs.append(anchor)  # type: ignore[arg-type]
         assert anchor.stdout is not None
         if anchor.stdout.readline().strip() != "ready":
@@ -280,8 +331,10 @@ class HostBed:
         """
         self._link_nets += 1
         n = self._link_nets
+        if n >= 64:
+            raise RuntimeError("at most 63 links per bed")
         # 169.254.x.y/30 pairs: link-local, never routed from the root namespace
-        base = ipaddress.ip_address(f"169.254.{random.randint(1, 254)}.0") + 4 * (n % 64)
+        base = ipaddress.ip_address(f"169.254.{self._link_octet}.0") + 4 * n
         ip_a, ip_b = str(base + 1), str(base + 2)
         end_a, end_b = f"{self.prefix}a{n}", f"{self.prefix}b{n}"
         _run(["ip", "link", "add", end_a, "type", "veth", "peer", "name", end_b])

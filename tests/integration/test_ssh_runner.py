@@ -86,6 +86,7 @@ def test_commands_run_on_each_host_and_come_back_per_command(bed: HostBed, box: 
         "missing": "no-such-tool --version",
         "binary": "printf 'a\\000b\\377'",
         "mimic": "echo STACKMAP-0000000000000000 0 0 999 999",
+        "big": "head -c 3000000 /dev/zero | tr '\\000' x; head -c 200000 /dev/zero >&2",
     }
     with runner(cli(a, bed, box), box, store) as run:
         facts = run.collect([doc(a), doc(b)], commands)
@@ -103,6 +104,8 @@ def test_commands_run_on_each_host_and_come_back_per_command(bed: HostBed, box: 
         assert missing.error is not None and "command not found" in missing.error and "no-such-tool" in missing.error
         assert got.outputs["binary"].stdout == "a\x00b\ufffd"
         assert got.outputs["mimic"].stdout == "STACKMAP-0000000000000000 0 0 999 999\n"
+        big = got.outputs["big"]
+        assert big.stdout == "x" * 3_000_000 and big.stderr == "\x00" * 200_000 and big.ok
 
 
 def test_one_exec_per_host_per_call_over_one_connection_per_scan(
@@ -233,9 +236,7 @@ def test_pinned_on_first_use_then_a_changed_key_is_refused(
         pinned = reader.get_host_key(ENV, host.ip)
     assert pinned is not None and pinned["fingerprint"] == original and pinned["key_type"] == "ssh-ed25519"
     # the host comes back with another key (re-installed, or someone in the middle)
-    assert host.sshd_pid is not None
-    host.exec(["kill", str(host.sshd_pid)])
-    time.sleep(0.2)
+    host.stop_sshd()
     new_key = bed.new_host_key("replacement")
     host.start_sshd(host_key_path=new_key)
     with runner(cli(host, bed, box), box, store, host_key_policy="pin") as run:
@@ -266,6 +267,12 @@ def test_sudo_only_when_configured_and_a_refusal_is_per_command(
         assert out.error is not None and out.error.startswith("sudo refused: sudo:") and out.stdout == ""
     with runner(cli(host, bed, box, sudo=True), box, store) as run:  # root: sudo is not needed
         assert run.collect([doc(host)], commands)["sudo"].outputs["uid"].stdout == "0\n"
+    host.allow_sudo("plain")
+    with runner(cli(host, bed, box, user="plain", sudo=True), box, store, command_timeout_s=1) as run:
+        facts = run.collect([doc(host)], {**commands, "slow": "sleep 30", "after": "id -u"})
+    outputs = facts["sudo"].outputs
+    assert outputs["uid"].stdout == outputs["after"].stdout == "0\n"  # granted: the commands ran as root
+    assert outputs["slow"].error == "timed out after 1 s"  # and the timeout still reaches a command under sudo
 
 
 def test_each_command_has_its_own_timeout(bed: HostBed, box: SecretBox, store: Store) -> None:
@@ -283,9 +290,37 @@ def test_hosts_run_concurrently_up_to_max_parallel(bed: HostBed, box: SecretBox,
     docs = [doc(h) for h in hosts]
     with runner(cli(hosts[0], bed, box), box, store) as run:
         run.collect(docs, {"warm": "true"})  # connections made: what follows is only the batches
-        facts = run.collect(docs, {"nap": "sleep 1"})
+        facts = run.collect(docs, {"nap": "sleep 2"})
         assert all(f.outputs["nap"].ok for f in facts.values())
         assert run.stats.max_active == 6
     with runner(cli(hosts[0], bed, box), box, store, max_parallel=2) as run:
         run.collect(docs, {"nap": "sleep 0.3"})
         assert run.stats.max_active == 2
+
+
+def test_a_lost_connection_is_made_again_on_the_next_call(bed: HostBed, box: SecretBox, store: Store) -> None:
+    host = sshd_hosts(bed, 1)[0]
+    with runner(cli(host, bed, box), box, store) as run:
+        assert run.collect([doc(host)], {"t": "true"})["h0"].outputs["t"].ok
+        assert host.sshd_pid is not None
+        host.exec(["pkill", "-KILL", "-P", str(host.sshd_pid)])  # the per-connection sshd dies: link cut
+        facts = run.collect([doc(host)], {"u": "uname -s"})
+        assert facts["h0"].error is None and facts["h0"].outputs["u"].stdout == "Linux\n"
+        assert run.stats.connects[host.ip] == 2
+
+
+def test_noise_from_the_login_shell_does_not_confuse_the_outputs(
+        bed: HostBed, box: SecretBox, store: Store) -> None:
+    host = bed.add_host("noisy")
+    shell = host.dir / "noisy-shell"  # like a .bashrc that prints a banner, even for commands
+    shell.write_text("#!/bin/sh\nprintf 'Welcome!\\000\\377 STACKMAP- 1 2 3\\n'\n"
+                     "echo banner >&2\nexec /bin/sh \"$@\"\n")
+    shell.chmod(0o755)
+    host.add_user("noisy", authorized_key=bed.client_public_key, shell=str(shell))
+    host.start_sshd()
+    with runner(cli(host, bed, box, user="noisy"), box, store) as run:
+        facts = run.collect([doc(host)], {"a": "echo one", "b": "echo two >&2; exit 4"})
+    out = facts["noisy"].outputs
+    assert facts["noisy"].error is None
+    assert (out["a"].stdout, out["a"].exit_status) == ("one\n", 0)
+    assert (out["b"].stdout, out["b"].stderr, out["b"].error) == ("", "two\n", "exit status 4: two")

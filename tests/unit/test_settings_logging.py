@@ -86,3 +86,17 @@ def test_log_lines_are_json_and_redacted() -> None:
     configure_logging("DEBUG", "console", buf)
     get_logger().debug("shown", token="hunter5")
     assert "shown" in buf.getvalue() and "hunter5" not in buf.getvalue()
+
+
+def test_ssh_settings_from_toml_and_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    toml = tmp_path / "s.toml"
+    toml.write_text('[ssh]\nhost_key_policy = "known_hosts"\nknown_hosts = "~/kh"\nmax_parallel = 40\n')
+    monkeypatch.setenv("STACKMAP_SSH__COMMAND_TIMEOUT_S", "15")
+    settings = load_settings(toml)
+    assert settings.ssh.host_key_policy == "known_hosts"
+    assert settings.ssh.known_hosts == Path("~/kh").expanduser()
+    assert (settings.ssh.max_parallel, settings.ssh.command_timeout_s) == (40, 15.0)
+    assert load_settings().ssh.host_key_policy == "pin"  # the default: trust on first use, recorded
+    toml.write_text('[ssh]\nhost_key_policy = "auto_add"\n')
+    with pytest.raises(ConfigError, match=r"ssh\.host_key_policy"):
+        load_settings(toml)

@@ -69,7 +69,8 @@ def build_batch(commands: Mapping[str, str], timeout_s: float, sudo: bool) -> Ba
             "else",
             f"  timeout -k {KILL_AFTER_S} {secs} $SUDO sh -c {quoted} </dev/null >{out} 2>{err}; s=$?",
             "fi",
-            f'printf "%s %s %s %s %s\\n" {marker} {index} "$s" "$(wc -c <{out})" "$(wc -c <{err})"',
+            f"set -- $(wc -c {out} {err})",  # one process for both sizes: "N1 path N2 path N total"
+            f'printf "%s %s %s %s %s\\n" {marker} {index} "$s" "$1" "$3"',
             f"cat {out} {err}",
         ]
     script = "\n".join(lines) + "\n"

@@ -132,6 +132,10 @@ class SshRunner:
     def close(self) -> None:
         with self._guard:
             clients, self._clients = self._clients, {}
+        if clients:
+            log.info("ssh connections closed", environment=self.environment, connections=len(clients),
+                     connects=sum(self.stats.connects.values()), execs=sum(self.stats.execs.values()),
+                     max_parallel_seen=self.stats.max_active)
         jump = clients.pop(self.cli.host, None)
         for client in [*clients.values(), *([jump] if jump else [])]:  # the jump host's last
             client.close()
@@ -182,17 +186,21 @@ class SshRunner:
         return _Target(host_id, address, via_jump=self.settings.jump_via_cli_host and address != cli_host)
 
     def _exec(self, target: _Target, batch: Batch) -> dict[str, CommandOutput]:
-        client = self._client(target)
-        try:
-            return self._run_batch(client, target, batch)
-        except (paramiko.SSHException, EOFError, OSError) as exc:
-            if isinstance(exc, TimeoutError | socket.timeout):
+        for attempt in (1, 2):
+            client = self._client(target)
+            try:
+                return self._run_batch(client, target, batch)
+            except TimeoutError:
                 raise SshError(f"commands on {target.address} did not finish within {batch.budget_s:g} s") from None
-            # the kept connection died (host rebooted, sshd restarted): one fresh try
-            log.info("ssh connection lost, reconnecting", environment=self.environment, host=target.host_id,
-                     error=self._scrub(str(exc))[:200])
-            self._drop(target.address)
-            return self._run_batch(self._client(target), target, batch)
+            except (paramiko.SSHException, EOFError, OSError) as exc:
+                reason = self._scrub(str(exc) or type(exc).__name__)[:200]
+                if attempt == 2:
+                    raise SshError(f"connection to {target.address} lost during the commands: {reason}") from None
+                # the kept connection died (host rebooted, sshd restarted): one fresh try
+                log.info("ssh connection lost, reconnecting", environment=self.environment, host=target.host_id,
+                         error=reason)
+                self._drop(target.address)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _run_batch(self, client: paramiko.SSHClient, target: _Target, batch: Batch) -> dict[str, CommandOutput]:
         transport = client.get_transport()
