@@ -102,6 +102,15 @@ def test_scan_over_ssh_finds_the_host_layer_and_keeps_a_lost_host(ssh_scan: tupl
     assert ids("vnic") == {stable_id(CONTROLLER, ns, ifname) for ns, ifname in node.vnics()}
     [otep] = [o for o in store.find_objects(ENV, type="otep") if o["host"] == C0]  # type: ignore[attr-defined]
     assert otep["ip_address"] == hosts[C0].ip and otep["remote_ips"] == [hosts[C1].ip]  # type: ignore[index]
+    # the host layer's links from what was read over SSH, and the scan's cliques over them
+    links = {(lk["link_type"], lk["source_id"], lk["target_id"])
+             for lk in store.find_links(ENV)}  # type: ignore[attr-defined]
+    for h in (C0, C1):
+        assert ("vedge-otep", stable_id(h, "OVS"), stable_id(h, "otep", "vxlan")) in links
+        assert ("otep-host_pnic", stable_id(h, "otep", "vxlan"), stable_id(h, "eth0")) in links
+        assert ("vconnector-vedge", stable_id(h, topo.qbr), stable_id(h, "OVS")) in links
+    [clique] = store.find_cliques(ENV, focal_point=stable_id(C0, "otep", "vxlan"))  # type: ignore[attr-defined]
+    assert {stable_id(C0, "OVS"), stable_id(C0, "eth0")} <= set(clique["nodes"])
 
     stop_ovs(hosts[C0])  # type: ignore[index]
     # sshd dies on compute-001, with the session the runner kept open to it
