@@ -1433,15 +1433,15 @@ class ShowingServer(FakeCloudServer):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._index: dict[tuple[str, str], tuple[tuple[int, int], dict[str, Any]]] = {}
+        self._index: dict[tuple[str, str], tuple[tuple[int, str], dict[str, Any]]] = {}
 
     def _indexed(self, region: str, listing: Any, field: str) -> dict[str, Any]:
-        items = self._items(region, listing, None, (2, 96))
-        stamp = (self.cloud.version, id(items))  # the version too: a freed list's id can come back
+        """Items by ``field``, rebuilt only when the cloud changed (its ``version``)."""
+        stamp = (self.cloud.version, region)
         cached = self._index.get((listing.view, field))
         if cached is None or cached[0] != stamp:
             index: dict[str, Any] = {}
-            for item in items:
+            for item in self._items(region, listing, None, (2, 96)):
                 if field == "id":
                     index[str(item["id"])] = item
                 else:

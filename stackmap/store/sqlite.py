@@ -402,9 +402,16 @@ class SqliteStore(Store):
                 where.append(f"{column} IN {_IDS}")
                 params.append(_idlist(values))
         if touching is not None:
+            # Two lookups by the end indexes, not "source IN .. OR target IN ..": with a link_type
+            # condition too, SQLite's planner walks every link of those types (100k on a big map).
             id_json = _idlist(touching)
-            where.append(f"(source_id IN {_IDS} OR target_id IN {_IDS})")
-            params += [id_json, id_json]
+            conds = " AND ".join(where)
+            return [self._link(row[:2]) for row in self._read(
+                f"SELECT doc, monitor, link_type, source_id, target_id FROM links INDEXED BY links_source "
+                f"WHERE {conds} AND source_id IN {_IDS} "
+                f"UNION SELECT doc, monitor, link_type, source_id, target_id FROM links INDEXED BY links_target "
+                f"WHERE {conds} AND target_id IN {_IDS} ORDER BY 3, 4, 5",
+                [*params, id_json, *params, id_json])]
         return [self._link(row) for row in self._read(
             f"SELECT doc, monitor FROM links WHERE {' AND '.join(where)} ORDER BY link_type, source_id, target_id",
             params)]
