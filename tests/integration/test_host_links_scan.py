@@ -20,7 +20,7 @@ from stackmap.environments import add_environment
 from stackmap.model import EnvironmentConfig, ScanStatus, stable_id
 from stackmap.secrets import SecretBox
 from stackmap.store import Store, open_store
-from tests.fakecloud import CloudSize, FakeCloud, FakeCloudServer
+from tests.fakecloud import FakeCloud, FakeCloudServer
 from tests.hostbed import host_bed
 from tests.hosttopo import (
     LxbHost,
@@ -33,6 +33,7 @@ from tests.hosttopo import (
     new_host,
     start_ovs,
 )
+from tests.integration.test_host_scan import C0, C1, CONTROLLER, SIZE
 from tests.nsfacts import NsFacts
 
 pytestmark = [
@@ -41,9 +42,6 @@ pytestmark = [
 ]
 
 ENV = "hostlinks"
-SIZE = CloudSize(projects=2, hosts=2, instances=0, networks=1, routers=1, floating_ips=0, security_groups=0,
-                 volumes=0, snapshots=0, flavors=1, images=1, aggregates=0, second_region=False)
-CONTROLLER, C0, C1 = "r1-controller", "r1-compute-000", "r1-compute-001"
 NS = "qlbaas-0c0ffee0-1111-4222-8333-444455556666"  # a namespace the vservice fetcher maps (service "other")
 INSIDE, OUTSIDE = "ns-0c0ffee0-11", "tap0c0ffee0-11"
 
