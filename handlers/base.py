@@ -26,6 +26,11 @@ class EventResult:
     related_object: str | None = None
     display_context: str | None = None
     ignored: bool = False  # no handler for this event type, or nothing to do: acked and counted
+    store_outage: bool = False  # the store could not be reached: hold the message, spend no attempt
+
+    @classmethod
+    def store_unavailable(cls, reason: str) -> EventResult:
+        return cls(False, retry=True, message=f"store unavailable: {reason}", store_outage=True)
 
     @classmethod
     def done(cls, message: str, obj: str | None = None, context: str | None = None) -> EventResult:

@@ -116,7 +116,7 @@ class Dispatcher:
                 self.record(notification, result)
             return result
         except StoreUnavailable as exc:
-            return EventResult.again(f"store unavailable: {exc}")
+            return EventResult.store_unavailable(str(exc))
         except StackmapError as exc:
             log.warning("event failed", event_type=notification.event_type, error=str(exc))
             return EventResult.failed(str(exc))

@@ -150,9 +150,8 @@ def _sink_event_types(sink: EventSink) -> frozenset[str]:
 
 
 def is_store_outage(result: EventResult) -> bool:
-    """The dispatcher's way of saying StoreUnavailable: ``EventResult.again("store unavailable: ...")``."""
-    return bool(result.retry and not result.result and isinstance(result.message, str)
-                and result.message.startswith(STORE_OUTAGE_PREFIX))
+    """The dispatcher's way of saying StoreUnavailable: ``EventResult.store_unavailable(...)``."""
+    return bool(result.store_outage and not result.result)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -773,7 +772,7 @@ class Listener:
             if not isinstance(result, EventResult):
                 raise TypeError(f"handle() returned {type(result).__name__}, not an EventResult")
         except StoreError as exc:  # a sink that lets it through instead of returning a retry
-            result = EventResult.again(f"{STORE_OUTAGE_PREFIX}: {exc}")
+            result = EventResult.store_unavailable(str(exc))
         except Exception as exc:  # the sink broke its contract; the message must not loop
             log.error("sink raised", environment=self.environment, event_type=d.notification.event_type,
                       error=f"{type(exc).__name__}: {exc}", exc_info=True)

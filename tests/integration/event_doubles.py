@@ -59,7 +59,7 @@ class DoubleSink:
         try:
             return self._handle(n)
         except StoreUnavailable as exc:  # what Dispatcher.handle does
-            return EventResult.again(f"store unavailable: {exc}")
+            return EventResult.store_unavailable(str(exc))
 
     def _handle(self, n: Notification) -> EventResult:
         if n.event_type not in KNOWN:

@@ -36,10 +36,11 @@ def test_attempt_header_is_read_defensively(headers: dict[str, Any] | None, atte
 
 
 def test_store_outage_is_recognised_from_the_dispatchers_result() -> None:
-    assert L.is_store_outage(EventResult.again("store unavailable: SQLite store is busy"))
+    assert L.is_store_outage(EventResult.store_unavailable("SQLite store is busy"))
+    # a handler's own "not yet" is not an outage, whatever its text says
+    assert not L.is_store_outage(EventResult.again("store unavailable: said by a handler, not the dispatcher"))
     assert not L.is_store_outage(EventResult.again("instance i-1 is not in the map yet"))
     assert not L.is_store_outage(EventResult.failed("store unavailable: but not a retry"))
-    assert not L.is_store_outage(EventResult(False, retry=True, message=None))  # type: ignore[arg-type]
 
 
 def test_environment_qualifies_only_when_scanned_and_listening() -> None:
