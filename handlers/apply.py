@@ -164,7 +164,9 @@ class MapUpdater:
         """The current API representation of one object, or None when the API says it is gone."""
         service, path, key = API_SHOW[kind]
         try:
-            data = self.client.get_json(service, path.format(id=object_id), region or self.region())
+            # at the microversion the scan lists the kind with: the item must have the scan's shape
+            data = self.client.get_json(service, path.format(id=object_id), region or self.region(),
+                                        microversion=SOURCE[kind].microversion)
         except ApiError as exc:
             if exc.status == 404:
                 return None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from handlers.apply import MissingParent
+from handlers.apply import Change, MissingParent
 from handlers.base import EventBase, EventResult
 from handlers.envelope import Notification
 from stackmap.discovery.api import resources as R
@@ -69,9 +69,23 @@ class InstanceHandler(EventBase):
         if oid is None:
             return EventResult.failed(f"{n.event_type}: payload names no instance")
         change = self.updater.remove(oid)
+        self._refresh_groups_of(oid, change)
         if not change.deleted:
             return EventResult.skip(f"instance {oid} was not in the map", oid)
         return EventResult.done(f"{n.event_type}: {change.describe()}", oid, "instance")
+
+    def _refresh_groups_of(self, instance_id: str, change: Change) -> None:
+        """Nova drops a deleted server from its server groups without a notification of their own."""
+        groups = [g for g in self.updater.store.find_objects(self.updater.environment, type="server_group")
+                  if instance_id in (g.get("members") or ())]
+        for group in groups:
+            item = self.updater.show("server_group", str(group["id"]))
+            if item is None:
+                change.deleted.extend(self.updater.remove(str(group["id"])).deleted)
+            else:
+                again = self.updater.refresh("server_group", [item])
+                change.upserted.extend(again.upserted)
+                change.written += again.written
 
     def changed(self, n: Notification) -> EventResult:
         oid = instance_id(n)

@@ -38,6 +38,12 @@ class LoadBalancerHandler(EventBase):
             return EventResult.done(f"{n.event_type}: gone from the API; {change.describe()}", oid)
         region = self.updater.region()
         pools = self.updater.list_filtered(R.LB_POOLS, region, loadbalancer_id=oid)
+        for pool in pools:
+            listed = pool.get("members") or []
+            if listed and not all("address" in m for m in listed):
+                # the pools list names members by id only, as in a scan: read their addresses too
+                pool["members"] = self.updater.client.list(
+                    "load-balancer", f"/lbaas/pools/{pool['id']}/members", "members", region, paged=False)
         try:
             change = self.updater.refresh("load_balancer", [item], seeds={R.LB_POOLS: pools}, region=region)
         except MissingParent as exc:

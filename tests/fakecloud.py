@@ -1412,17 +1412,21 @@ def closed_port_url() -> str:
     return f"http://127.0.0.1:{port}"
 
 
-# a single item, as the handlers read it back: (service type, collection in the path) -> (listing, key)
+# a single item, as the handlers read it back: (service type, collection path) -> (listing, key of the item)
 SHOW: dict[tuple[str, str], tuple[tuple[str, str], str]] = {
-    ("network", "ports"): (("network", "/ports"), "port"),
-    ("network", "networks"): (("network", "/networks"), "network"),
-    ("network", "subnets"): (("network", "/subnets"), "subnet"),
-    ("network", "routers"): (("network", "/routers"), "router"),
-    ("network", "floatingips"): (("network", "/floatingips"), "floatingip"),
-    ("network", "security-groups"): (("network", "/security-groups"), "security_group"),
-    ("compute", "servers"): (("compute", "/servers/detail"), "server"),
+    ("network", "/ports"): (("network", "/ports"), "port"),
+    ("network", "/networks"): (("network", "/networks"), "network"),
+    ("network", "/subnets"): (("network", "/subnets"), "subnet"),
+    ("network", "/routers"): (("network", "/routers"), "router"),
+    ("network", "/floatingips"): (("network", "/floatingips"), "floatingip"),
+    ("network", "/security-groups"): (("network", "/security-groups"), "security_group"),
+    ("compute", "/servers"): (("compute", "/servers/detail"), "server"),
+    ("compute", "/os-server-groups"): (("compute", "/os-server-groups"), "server_group"),
+    ("block-storage", "/volumes"): (("block-storage", "/volumes/detail"), "volume"),
+    ("block-storage", "/snapshots"): (("block-storage", "/snapshots/detail"), "snapshot"),
+    ("load-balancer", "/lbaas/loadbalancers"): (("load-balancer", "/lbaas/loadbalancers"), "loadbalancer"),
 }
-FILTERS = {"device_id", "network_id", "device_owner"}
+FILTERS = {"device_id", "network_id", "device_owner", "loadbalancer_id"}
 
 
 class ShowingServer(FakeCloudServer):
@@ -1433,17 +1437,21 @@ class ShowingServer(FakeCloudServer):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._index: dict[tuple[str, str], tuple[tuple[int, str], dict[str, Any]]] = {}
+        self._index: dict[tuple[str, str], tuple[tuple[int, str, tuple[int, int]], dict[str, Any]]] = {}
 
-    def _indexed(self, region: str, listing: Any, field: str) -> dict[str, Any]:
-        """Items by ``field``, rebuilt only when the cloud changed (its ``version``)."""
-        stamp = (self.cloud.version, region)
+    def _indexed(self, region: str, listing: Any, field: str, microversion: tuple[int, int] = (2, 1)
+                 ) -> dict[str, Any]:
+        """Items by ``field`` (as shown at ``microversion``), rebuilt only when the cloud changed."""
+        stamp = (self.cloud.version, region, microversion)
         cached = self._index.get((listing.view, field))
         if cached is None or cached[0] != stamp:
             index: dict[str, Any] = {}
-            for item in self._items(region, listing, None, (2, 96)):
+            for item in self._items(region, listing, None, microversion):
                 if field == "id":
                     index[str(item["id"])] = item
+                elif field == "loadbalancer_id" and "loadbalancers" in item:  # octavia filters pools so
+                    for lb in item["loadbalancers"]:
+                        index.setdefault(str(lb.get("id")), []).append(item)
                 else:
                     index.setdefault(str(item.get(field)), []).append(item)
             cached = self._index[(listing.view, field)] = (stamp, index)
@@ -1453,22 +1461,29 @@ class ShowingServer(FakeCloudServer):
                body: bytes) -> tuple[int, Any, dict[str, str]]:
         segments = [s for s in path.split("/") if s]
         region = self.cloud.size.regions[0]
+        if segments and segments[0] in self.cloud.regions:
+            region, segments = segments[0], segments[1:]
         svc = _BY_PREFIX.get(segments[0]) if segments else None
-        if method == "GET" and svc is not None and len(segments) == 4 and (svc.type, segments[2]) in SHOW \
-                and (svc.type, f"/{segments[2]}/{segments[3]}") not in LISTINGS:
+        if method != "GET" or svc is None or svc.type == "identity" or len(segments) < 3:
+            return super()._route(method, path, query, headers, body)
+        rest = segments[2:]  # after the service prefix and its version
+        if svc.type == "block-storage" and rest and rest[0] in self.cloud.projects:
+            rest = rest[1:]
+        sub = "/" + "/".join(rest)
+        collection, _, item_id = sub.rpartition("/")
+        if (svc.type, collection) in SHOW and (svc.type, sub) not in LISTINGS:
             self._check_token(headers)
-            (listing_key, key) = SHOW[(svc.type, segments[2])]
-            item = self._indexed(region, LISTINGS[listing_key], "id").get(segments[3])
+            listing_key, key = SHOW[(svc.type, collection)]
+            item = self._indexed(region, LISTINGS[listing_key], "id", _compute_microversion(headers)).get(item_id)
             if item is None:
-                raise _HTTPError(404, _error(svc, 404, f"{key} {segments[3]} not found"))
+                raise _HTTPError(404, _error(svc, 404, f"{key} {item_id} not found"))
             return 200, {key: item}, {}
         filters = {k: v for k, v in query if k in FILTERS}
-        if method == "GET" and svc is not None and filters and len(segments) == 3:
-            listing = LISTINGS.get((svc.type, "/" + segments[2]))
-            if listing is not None:
-                self._check_token(headers)
-                (field, value), *more = filters.items()
-                items = self._indexed(region, listing, field).get(value, [])
-                items = [i for i in items if all(str(i.get(k)) == v for k, v in more)]
-                return 200, {listing.key: items}, {}
+        listing = LISTINGS.get((svc.type, sub))
+        if filters and listing is not None:
+            self._check_token(headers)
+            (field, value), *more = filters.items()
+            items = self._indexed(region, listing, field).get(value, [])
+            items = [i for i in items if all(str(i.get(k)) == v for k, v in more)]
+            return 200, {listing.key: items}, {}
         return super()._route(method, path, query, headers, body)

@@ -28,7 +28,8 @@ from tests.e2e.mapdiff import differences
 from tests.fakecloud import CloudSize, FakeCloud, ShowingServer
 
 ENV = "fc"
-SIZE = CloudSize(projects=3, hosts=3, instances=12, networks=6, routers=2, floating_ips=4, volumes=4, snapshots=0)
+SIZE = CloudSize(projects=3, hosts=3, instances=12, networks=6, routers=2, floating_ips=4, volumes=4, snapshots=2,
+                 load_balancers=2, server_groups=2)
 
 
 def notification(event_type: str, payload: dict[str, Any], publisher: str = "network.controller") -> Any:
@@ -122,6 +123,31 @@ def test_renames_and_deletes_converge_to_a_fresh_scan(world: World) -> None:
         world.handle("floatingip.update.end", {"floatingip": {"id": fid}})
     world.handle("compute.instance.delete.end", {"instance_id": other["id"]},
                  publisher=f"compute.{other['OS-EXT-SRV-ATTR:host']}")
+    world.assert_like_a_fresh_scan()
+
+
+def test_volume_server_group_and_load_balancer_events_converge_to_a_fresh_scan(world: World) -> None:
+    cloud = world.cloud
+    volume = cloud.items("volumes")[0]
+    cloud.rename("volumes", volume["id"], "renamed-volume")
+    world.handle("volume.update.end", {"volume_id": volume["id"]}, publisher="volume.controller")
+    world.assert_like_a_fresh_scan()
+
+    group = cloud.items("server_groups")[0]
+    cloud.rename("server_groups", group["id"], "renamed-group")
+    world.handle("servergroup.update", {"server_group_id": group["id"]}, publisher="compute.controller")
+    world.assert_like_a_fresh_scan()
+
+    lb = cloud.items("loadbalancers")[0]
+    cloud.rename("loadbalancers", lb["id"], "renamed-lb")
+    world.handle("octavia.loadbalancer.update.end", {"loadbalancer_id": lb["id"]}, publisher="octavia")
+    world.assert_like_a_fresh_scan()
+
+    snapshot = next(iter(cloud.items("snapshots")))
+    cloud.delete("snapshots", snapshot["id"])
+    world.handle("snapshot.delete.end", {"snapshot_id": snapshot["id"]}, publisher="volume.controller")
+    cloud.delete("server_groups", group["id"])
+    world.handle("servergroup.delete", {"server_group_id": group["id"]}, publisher="compute.controller")
     world.assert_like_a_fresh_scan()
 
 
