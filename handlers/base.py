@@ -149,3 +149,72 @@ class PayloadHandler(EventBase):
 
     def after_delete(self, oid: str, before: dict[str, Any] | None, change: Any) -> None:
         """Hook: repair what depended on the deleted object."""
+
+
+class ApiHandler(EventBase):
+    """Events whose payload only names the object (nova, cinder, octavia): the object is re-read from
+    the API and placed as a scan would; the subclass says which kind, where the id is, what else a
+    scan would read with it and what else depends on it."""
+
+    kind: ClassVar[str] = ""
+    label: ClassVar[str] = ""  # for messages: "load balancer"
+    id_keys: ClassVar[tuple[str, ...]] = ("id",)
+
+    def object_id(self, n: Notification) -> str | None:
+        for key in self.id_keys:
+            value = n.data.get(key)
+            if isinstance(value, str) and value:
+                return value
+        return None
+
+    def coalesce_key(self, n: Notification) -> tuple[str, str] | None:
+        if self.handles.get(n.event_type) != "changed":
+            return None
+        oid = self.object_id(n)
+        return (self.kind, oid) if oid else None
+
+    def seeds(self, item: dict[str, Any], region: str) -> dict[Any, list[dict[str, Any]]]:
+        """Other collections the kind's fetcher reads with it (an instance's ports, an LB's pools)."""
+        return {}
+
+    def after(self, item: dict[str, Any], before: dict[str, Any], change: Any) -> None:
+        """Hook: refresh objects derived from this one."""
+
+    def busy(self, item: dict[str, Any]) -> str | None:
+        """Why to read the object again shortly (it is mapped as it is, but still changing), or None."""
+        return None
+
+    def changed(self, n: Notification) -> EventResult:
+        from handlers.apply import MissingParent
+
+        oid = self.object_id(n)
+        if oid is None:
+            return EventResult.failed(f"{n.event_type}: payload names no {self.label}")
+        if self.updater.tombstoned(oid):
+            return EventResult.skip(f"{self.label} {oid} was deleted; late {n.event_type} ignored", oid)
+        item = self.updater.show(self.kind, oid)
+        if item is None:
+            change = self.updater.remove(oid)
+            return EventResult.done(f"{n.event_type}: {self.label} gone from the API; {change.describe()}", oid)
+        region = self.updater.region()
+        before = self.updater.stored(oid) or {}
+        try:
+            change = self.updater.refresh(self.kind, [item], seeds=self.seeds(item, region), region=region)
+        except MissingParent as exc:
+            return EventResult.again(str(exc), oid)
+        self.after(item, before, change)
+        self.updater.relink(change)
+        self.updater.reclique(change)
+        reason = self.busy(item)
+        if reason:
+            return EventResult.again(f"{self.label} {oid} is still {reason}; mapped, reading again", oid)
+        return EventResult.done(f"{n.event_type}: {change.describe()}", oid, self.kind)
+
+    def deleted(self, n: Notification) -> EventResult:
+        oid = self.object_id(n)
+        if oid is None:
+            return EventResult.failed(f"{n.event_type}: payload names no {self.label}")
+        change = self.updater.remove(oid)
+        if not change.deleted:
+            return EventResult.skip(f"{self.label} {oid} was not in the map", oid)
+        return EventResult.done(f"{n.event_type}: {change.describe()}", oid, self.kind)
