@@ -306,8 +306,11 @@ class Scanner:
             message = f"host {failure.host}: {failure.message} (kept its previous {', '.join(failure.types)})"
             if message not in self.summary.errors:
                 self.summary.errors.append(message)
+        by_reason: dict[str, list[str]] = {}
         for otype, reason in sorted(result.unread_types.items()):
-            self.summary.warnings.append(f"{otype}: not read ({reason}); previous objects kept")
+            by_reason.setdefault(reason, []).append(otype)
+        for reason, types in by_reason.items():  # one line per reason: an API-only map is not a fault
+            self.summary.warnings.append(f"not read ({reason}), previous objects kept: {', '.join(types)}")
 
     def _unread(self, gone: set[str], result: WalkResult) -> set[str]:
         """Of the objects a walk did not see, those it could not have seen: objects of a type no host
