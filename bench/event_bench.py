@@ -79,27 +79,33 @@ def real_handlers() -> str | None:
 # --------------------------------------------------------------------------------------------------
 # the fake cloud, in its own process
 
-def _serve(size: CloudSize, conn: Pipe, samples: int) -> None:
+def _serve(size: CloudSize, conn: Pipe, samples: int, latency_ms: float = 0.0) -> None:
     # FakeCloudServer writes headers and body in two sends: with Nagle on, every keep-alive response
     # waits ~40 ms for a delayed ACK, an artefact no real API shows. (Set in this child process only.)
     fakecloud._Handler.disable_nagle_algorithm = True
     cloud = FakeCloud(size)
     with ShowingServer(cloud, max_limit=1000) as server:
+        server.latency_s = 0.0  # the scan that builds the map is not what is measured
         ports = [p for p in cloud.items("ports") if str(p.get("device_owner", "")).startswith("compute:")]
         servers = [s for s in cloud.items("servers") if s.get("OS-EXT-SRV-ATTR:host")]
         conn.send({"auth_url": server.auth_url, "user": cloud.user, "password": cloud.password,
                    "ports": ports[:samples], "servers": servers[:samples]})
-        conn.recv()  # "stop"
+        if conn.recv() == "go":  # the map is built: events start
+            server.latency_s = latency_ms / 1000
+            conn.recv()  # "stop"
 
 
 @contextmanager
-def fake_cloud(objects: int, samples: int) -> Iterator[dict[str, Any]]:
+def fake_cloud(objects: int, samples: int, latency_ms: float = 0.0) -> Iterator[dict[str, Any]]:
     ctx = mp.get_context("fork")  # nothing is threaded yet: the child inherits the imports
     parent, child = ctx.Pipe()
-    process = ctx.Process(target=_serve, args=(CloudSize.for_objects(objects), child, samples), daemon=True)
+    process = ctx.Process(target=_serve, args=(CloudSize.for_objects(objects), child, samples, latency_ms),
+                          daemon=True)
     process.start()
     try:
-        yield parent.recv()
+        info = parent.recv()
+        info["go"] = lambda: parent.send("go")
+        yield info
     finally:
         with suppress(OSError):
             parent.send("stop")
@@ -181,6 +187,11 @@ class BenchSink:
 
     def handle(self, notification: Notification) -> EventResult:
         return self.inner.handle(notification)
+
+    def read_ahead(self, notification: Notification) -> None:
+        start = getattr(self.inner, "read_ahead", None)
+        if callable(start):
+            start(notification)
 
 
 class StandInSink:
@@ -363,7 +374,8 @@ def bench_size(objects: int, args: argparse.Namespace, options: EventManagerSett
     environment = f"bench{uuid.uuid4().hex[:8]}"
     exchange = f"stackmap-bench.{environment}"
     try:
-        with tempfile.TemporaryDirectory(prefix="event-bench-") as tmp, fake_cloud(objects, args.samples) as cloud:
+        with tempfile.TemporaryDirectory(prefix="event-bench-") as tmp, \
+                fake_cloud(objects, args.samples, args.api_latency_ms) as cloud:
             url = f"sqlite:///{tmp}/bench.db"
             store = open_listener_store(url, options.store_busy_timeout_s)
             box = SecretBox(Path(tmp) / "key")
@@ -376,6 +388,7 @@ def bench_size(objects: int, args: argparse.Namespace, options: EventManagerSett
             summary = Scanner(store, box, environment).run()
             counted = sum(summary.objects_by_type.values())
             print(f"\n  (map of {counted:,} objects scanned in {time.perf_counter() - began:.1f} s, {summary.status})")
+            cloud["go"]()
             items = event_items(cloud["ports"], cloud["servers"])
 
             def make_sink() -> EventSink:
@@ -384,8 +397,10 @@ def bench_size(objects: int, args: argparse.Namespace, options: EventManagerSett
                     from handlers.dispatch import Dispatcher
                     from stackmap.settings import load_settings
 
-                    trust = load_settings().event_manager.trust_payloads  # STACKMAP_EVENT_MANAGER__TRUST_PAYLOADS
-                    return BenchSink(Dispatcher(MapUpdater(store, box, environment, trust_payloads=trust)), exchange)
+                    opts = load_settings().event_manager  # STACKMAP_EVENT_MANAGER__TRUST_PAYLOADS=true...
+                    updater = MapUpdater(store, box, environment, trust_payloads=opts.trust_payloads,
+                                         read_ahead_threads=0 if args.no_read_ahead else opts.read_ahead_threads)
+                    return BenchSink(Dispatcher(updater), exchange)
                 stand_in = StandInSink(store, environment)
                 return BenchSink(stand_in, exchange)
 
@@ -409,6 +424,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=600.0, help="longest wait for a phase to drain")
     parser.add_argument("--prefetch", type=int, default=500)
     parser.add_argument("--batch", type=int, default=200)
+    parser.add_argument("--api-latency-ms", type=float, default=0.0,
+                        help="added to every API answer while events are handled (a remote cloud's round trip)")
+    parser.add_argument("--no-read-ahead", action="store_true", help="handlers read the API one event at a time")
     args = parser.parse_args(argv)
     configure_logging("WARNING", "console")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the clean-ups (queues, the fake cloud)

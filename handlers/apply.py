@@ -16,6 +16,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -43,6 +44,12 @@ from stackmap.store.base import MONITOR_FIELDS, MONITOR_STATUS
 from stackmap.store.codec import dumps, loads
 
 TOMBSTONE_SECONDS = 600.0
+READ_AHEAD_THREADS = 16
+READ_AHEAD_TTL_S = 30.0  # a read not taken by then is older than we want to trust
+READ_AHEAD_MAX = 20_000
+# ("show", kind, id, region) or ("list", resource, region, sorted filter params)
+Read = tuple[Any, ...]
+_NOT_READ = object()
 
 # Where a scan files each kind of object: (the field naming its owner, the owner's folder name).
 PLACEMENT: dict[str, tuple[str, str]] = {
@@ -121,9 +128,11 @@ class MapUpdater:
     """Applies the effect of events on one environment's map; one per listener process."""
 
     def __init__(self, store: Store, box: SecretBox, environment: str, *, adapter: CountingAdapter | None = None,
-                 scanners: ScannersConfig | None = None, trust_payloads: bool = False) -> None:
+                 scanners: ScannersConfig | None = None, trust_payloads: bool = False,
+                 read_ahead_threads: int = READ_AHEAD_THREADS) -> None:
         self.store = store
         self.trust_payloads = trust_payloads
+        self.read_ahead_threads = read_ahead_threads
         self.box = box
         self.environment = environment
         self.env: EnvironmentConfig = load_environment(store, environment)
@@ -134,6 +143,8 @@ class MapUpdater:
         self._tombstones: dict[str, float] = {}
         self._lock = threading.Lock()
         self._clique_setup: tuple[dict[str, Doc], dict[str, list[str]]] | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._ahead: dict[Read, tuple[float, Future[Any]]] = {}
         self._held: dict[str, set[str]] = {}
         for finder in self.finders:
             for holder in finder.holder_types:
@@ -160,8 +171,59 @@ class MapUpdater:
         regions = self.store.find_objects(self.environment, type="region", limit=1)
         return regions[0]["id"] if regions else "RegionOne"
 
+    # -- reading ahead: API reads of waiting events, made concurrently ---------------------------------
+    def read_ahead(self, reads: Iterable[Read]) -> None:
+        """Start API reads that handlers are going to make, on a small pool of threads, so that the
+        reads of a batch of waiting events overlap instead of following one another (against a real
+        cloud a read takes 10-50 ms). A read started when its event was received reflects a state at
+        least as new as the event; a later event for the same object starts a newer read, which
+        replaces it. ``show``/``list_filtered`` take a started read, or read directly."""
+        if self.read_ahead_threads <= 0:
+            return
+        now = time.monotonic()
+        for read in reads:
+            future = self._reader().submit(self._read_now, read)
+            with self._lock:
+                self._ahead[read] = (now, future)
+                if len(self._ahead) > READ_AHEAD_MAX:  # nobody is taking them: drop the oldest half
+                    for key in sorted(self._ahead, key=lambda k: self._ahead[k][0])[:READ_AHEAD_MAX // 2]:
+                        del self._ahead[key]
+
+    def _reader(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=self.read_ahead_threads, thread_name_prefix="read-ahead")
+        return self._pool
+
+    def _read_now(self, read: Read) -> Any:
+        if read[0] == "show":
+            return self._show_now(read[1], read[2], read[3])
+        res, region, params = read[1], read[2], read[3]
+        return self._list_now(res, region, dict(params))
+
+    def _taken(self, read: Read) -> Any:
+        with self._lock:
+            entry = self._ahead.pop(read, None)
+        if entry is None or time.monotonic() - entry[0] > READ_AHEAD_TTL_S:
+            return _NOT_READ
+        return entry[1].result()  # an API error is raised here as a direct read would raise it
+
+    def show_read(self, kind: str, object_id: str) -> Read:
+        return ("show", kind, object_id, self.region())
+
+    def list_read(self, res: Resource, **params: str) -> Read:
+        return ("list", res, self.region(), tuple(sorted(params.items())))
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+
     def show(self, kind: str, object_id: str, region: str | None = None) -> Doc | None:
         """The current API representation of one object, or None when the API says it is gone."""
+        region = region or self.region()
+        got = self._taken(("show", kind, object_id, region))
+        return self._show_now(kind, object_id, region) if got is _NOT_READ else cast("Doc | None", got)
+
+    def _show_now(self, kind: str, object_id: str, region: str | None) -> Doc | None:
         service, path, key = API_SHOW[kind]
         try:
             # at the microversion the scan lists the kind with: the item must have the scan's shape
@@ -175,6 +237,10 @@ class MapUpdater:
         return item if isinstance(item, dict) else None
 
     def list_filtered(self, res: Resource, region: str, **params: str) -> list[Doc]:
+        got = self._taken(("list", res, region, tuple(sorted(params.items()))))
+        return self._list_now(res, region, params) if got is _NOT_READ else cast("list[Doc]", got)
+
+    def _list_now(self, res: Resource, region: str, params: dict[str, str]) -> list[Doc]:
         return self.client.list(res.service, res.path, res.key, region, params={**dict(res.params), **params},
                                 microversion=res.microversion, paged=res.paged)
 

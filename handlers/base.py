@@ -67,6 +67,11 @@ class EventBase:
         (see ``Dispatcher.coalesce_key``); None, the default, always handles the event."""
         return None
 
+    def reads(self, n: Notification) -> list[tuple[Any, ...]]:
+        """The API reads handling this event will make, so they can start when it arrives
+        (``MapUpdater.read_ahead``); none by default."""
+        return []
+
 
 class PayloadHandler(EventBase):
     """Neutron-style events whose payload *is* the API item (``{"port": {...}}``): place it as a scan
@@ -84,6 +89,10 @@ class PayloadHandler(EventBase):
         item = n.data.get(self.item_key)
         oid = item.get("id") if isinstance(item, dict) else None
         return (self.kind, oid) if isinstance(oid, str) and oid else None
+
+    def reads(self, n: Notification) -> list[tuple[Any, ...]]:
+        key = self.coalesce_key(n)  # the same events: upserts whose object is re-read
+        return [self.updater.show_read(self.kind, key[1])] if key else []
 
     def upsert(self, n: Notification) -> EventResult:
         item = n.data.get(self.item_key)
@@ -172,6 +181,10 @@ class ApiHandler(EventBase):
             return None
         oid = self.object_id(n)
         return (self.kind, oid) if oid else None
+
+    def reads(self, n: Notification) -> list[tuple[Any, ...]]:
+        key = self.coalesce_key(n)
+        return [self.updater.show_read(self.kind, key[1])] if key else []
 
     def seeds(self, item: dict[str, Any], region: str) -> dict[Any, list[dict[str, Any]]]:
         """Other collections the kind's fetcher reads with it (an instance's ports, an LB's pools)."""

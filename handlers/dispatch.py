@@ -103,6 +103,20 @@ class Dispatcher:
         handler = self.table.get(notification.event_type)
         return handler.coalesce_key(notification) if handler is not None else None
 
+    def read_ahead(self, notification: Notification) -> None:
+        """Start the API reads this event's handling will make (see ``MapUpdater.read_ahead``)."""
+        handler = self.table.get(notification.event_type)
+        start = getattr(self.updater, "read_ahead", None)
+        if handler is not None and callable(start):
+            reads = handler.reads(notification)
+            if reads:
+                start(reads)
+
+    def close(self) -> None:
+        close = getattr(self.updater, "close", None)
+        if callable(close):
+            close()
+
     def handle(self, notification: Notification) -> EventResult:
         handler = self.table.get(notification.event_type)
         if handler is None:

@@ -51,6 +51,14 @@ class InstanceHandler(EventBase):
         oid = instance_id(n)
         return ("instance", oid) if oid else None
 
+    def reads(self, n: Notification) -> list[tuple[Any, ...]]:
+        if self.handles.get(n.event_type) != "changed":
+            return []
+        oid = instance_id(n)
+        if not oid:
+            return []
+        return [self.updater.show_read("instance", oid), self.updater.list_read(R.PORTS, device_id=oid)]
+
     @staticmethod
     def api_lags(n: Notification, server: dict[str, Any]) -> str | None:
         """Nova notifies a volume (de)attach before its API shows it: read again later, not now."""

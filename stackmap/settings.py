@@ -113,6 +113,9 @@ class EventManagerSettings(DaemonSettings):
     trust_payloads: bool = Field(
         default=False, description="place neutron objects from notification payloads instead of re-reading "
         "them from the API: far faster, but fields only a payload carries can differ from a scan's")
+    read_ahead_threads: int = Field(
+        default=16, ge=0, le=256, description="API reads of waiting events made concurrently, ahead of their "
+        "handling (0: each handler reads when its turn comes); worth most where the API answers slowly")
     prefetch: int = Field(default=500, ge=1, le=65535)
     batch_size: int = Field(default=200, ge=1, description="acknowledge after this many messages, with one ack")
     batch_max_delay_ms: int = Field(default=20, ge=0, description="...or after this long, whichever is first")

@@ -1435,8 +1435,9 @@ class ShowingServer(FakeCloudServer):
     real cloud serves them in O(1): without this, every event would find its object "gone from the
     API" (and delete it), and an instance event would list every port of the cloud."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, latency_ms: float = 0.0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.latency_s = latency_ms / 1000  # a remote cloud's round trip, added to every API answer
         self._index: dict[tuple[str, str], tuple[tuple[int, str, tuple[int, int]], dict[str, Any]]] = {}
 
     def _indexed(self, region: str, listing: Any, field: str, microversion: tuple[int, int] = (2, 1)
@@ -1459,6 +1460,8 @@ class ShowingServer(FakeCloudServer):
 
     def _route(self, method: str, path: str, query: list[tuple[str, str]], headers: dict[str, str],
                body: bytes) -> tuple[int, Any, dict[str, str]]:
+        if self.latency_s:
+            time.sleep(self.latency_s)
         segments = [s for s in path.split("/") if s]
         region = self.cloud.size.regions[0]
         if segments and segments[0] in self.cloud.regions:

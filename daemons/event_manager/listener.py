@@ -102,7 +102,9 @@ class EventSink(Protocol):
     (used only to keep metric labels bounded; a ``table`` dict attribute serves too). An optional
     ``coalesce_key(notification)`` returns a key when handling a *later* notification with the same
     key makes handling this one pointless (both re-read the same object): of the deliveries waiting
-    together, only the last one per key is handled, the others are acknowledged as ``coalesced``.
+    together, only the last one per key is handled, the others are acknowledged as ``coalesced``. An
+    optional ``read_ahead(notification)`` is called as each notification arrives, so the sink can start
+    the slow reads its handling will need (the API) while earlier ones are being handled.
     """
 
     def bindings(self) -> list[tuple[str, str]]: ...
@@ -119,8 +121,9 @@ def handlers_sink(environment: str, store: Store, box: SecretBox, settings: Sett
     from handlers.apply import MapUpdater
     from handlers.dispatch import Dispatcher
 
-    trust = settings.event_manager.trust_payloads
-    return Dispatcher(MapUpdater(store, box, environment, trust_payloads=trust))
+    opts = settings.event_manager
+    return Dispatcher(MapUpdater(store, box, environment, trust_payloads=opts.trust_payloads,
+                                 read_ahead_threads=opts.read_ahead_threads))
 
 
 def load_sink_factory(spec: str) -> SinkFactory:
@@ -463,6 +466,8 @@ class Listener:
         key_of = getattr(sink, "coalesce_key", None)
         self._coalesce_key: Callable[[Notification], Hashable | None] | None = key_of if callable(key_of) else None
         self._latest: dict[Hashable, _Delivery] = {}
+        start = getattr(sink, "read_ahead", None)
+        self._read_ahead: Callable[[Notification], None] | None = start if callable(start) else None
         self._known = _sink_event_types(sink)
         self._stop = threading.Event()
         self._inbox: deque[_Delivery] = deque()
@@ -723,6 +728,12 @@ class Listener:
                 log.warning("coalesce_key failed", environment=self.environment, error=f"{type(exc).__name__}: {exc}")
             if delivery.key is not None:
                 self._latest[delivery.key] = delivery
+        # read ahead only when this one will wait behind others: alone, its handler reads at once
+        if notification is not None and self._read_ahead is not None and self._inbox:
+            try:
+                self._read_ahead(notification)
+            except Exception as exc:  # an optimisation: without it the handler reads for itself
+                log.warning("read_ahead failed", environment=self.environment, error=f"{type(exc).__name__}: {exc}")
         self._inbox.append(delivery)
 
     def _work(self, now: float, idle: bool) -> None:

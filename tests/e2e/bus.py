@@ -44,6 +44,9 @@ class _Recording:
     def coalesce_key(self, notification: Notification) -> Any:
         return self.dispatcher.coalesce_key(notification)
 
+    def read_ahead(self, notification: Notification) -> None:
+        self.dispatcher.read_ahead(notification)
+
     def handle(self, notification: Notification) -> EventResult:
         result: EventResult = self.dispatcher.handle(notification)
         with self.lock:

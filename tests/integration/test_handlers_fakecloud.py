@@ -151,6 +151,24 @@ def test_volume_server_group_and_load_balancer_events_converge_to_a_fresh_scan(w
     world.assert_like_a_fresh_scan()
 
 
+def test_reads_started_ahead_are_taken_by_the_handler_and_only_once(world: World) -> None:
+    updater = world.dispatcher.updater
+    port = compute_ports(world.cloud)[0]
+    # the listener calls this when a notification arrives behind others
+    world.dispatcher.read_ahead(notification("port.update.end", {"port": {"id": port["id"]}}))
+    read = updater.show_read("port", port["id"])
+    updater._ahead[read][1].result(timeout=30)  # the read is done before the cloud changes
+    world.cloud.rename("ports", port["id"], "renamed-later")
+    assert updater.show("port", port["id"])["name"] == port["name"]  # the read made ahead
+    assert updater.show("port", port["id"])["name"] == "renamed-later"  # taken once: now read again
+    server = next(s for s in world.cloud.items("servers") if s.get("OS-EXT-SRV-ATTR:host"))
+    world.dispatcher.read_ahead(notification("compute.instance.update", {"instance_id": server["id"]}))
+    assert len(updater._ahead) == 2  # the server and its ports
+    message = world.handle("compute.instance.update", {"instance_id": server["id"], "state": "active"},
+                           publisher=f"compute.{server['OS-EXT-SRV-ATTR:host']}")
+    assert updater._ahead == {} and "0 clique(s) rebuilt" in message
+
+
 def _established_to(port: int) -> int:
     """This process's established TCP connections to 127.0.0.1:port (from /proc: no extra package)."""
     mine = set()
