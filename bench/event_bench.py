@@ -288,9 +288,11 @@ class Run:
         return time.perf_counter()
 
 
-def _stamp(n: Notification) -> float:
-    stamp = datetime.fromisoformat(str(n.timestamp))
-    return (stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)).timestamp()
+def _sent(n: Notification) -> float:
+    sent = n.sent_at  # the bench stamps every event it publishes
+    if sent is None:
+        raise ValueError(f"a bench event without a readable timestamp: {n.timestamp!r}")
+    return sent
 
 
 def measure(label: str, environment: str, exchange: str, make_sink: Callable[[], EventSink],
@@ -329,7 +331,7 @@ def measure(label: str, environment: str, exchange: str, make_sink: Callable[[],
         publisher.join(args.seconds + 60)
         steady.wait(count, args.timeout)
     figures.rate, figures.rate_events = rate, count
-    figures.latencies_ms = sorted(1000 * (committed - _stamp(n)) for n, committed in steady.committed)
+    figures.latencies_ms = sorted(1000 * (committed - _sent(n)) for n, committed in steady.committed)
     figures.missing = count - len(steady.committed)
     return figures
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
@@ -33,6 +34,17 @@ class Notification:
     timestamp: str | None = None
     versioned: bool = False
     context: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def sent_at(self) -> float | None:
+        """Epoch seconds of the notification's own timestamp (oslo writes naive UTC), or None."""
+        if not self.timestamp:
+            return None
+        try:
+            stamp = datetime.fromisoformat(self.timestamp)
+        except ValueError:
+            return None
+        return (stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)).timestamp()
 
     @property
     def data(self) -> dict[str, Any]:

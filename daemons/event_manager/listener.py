@@ -361,19 +361,6 @@ def _attempt_of(headers: dict[str, Any] | None) -> int:
         return 0
 
 
-def _timestamp_of(notification: Notification) -> float | None:
-    """Epoch seconds of a notification's own timestamp (oslo writes naive UTC), or None."""
-    if not notification.timestamp:
-        return None
-    try:
-        stamp = datetime.fromisoformat(notification.timestamp)
-    except ValueError:
-        return None
-    if stamp.tzinfo is None:
-        stamp = stamp.replace(tzinfo=UTC)
-    return stamp.timestamp()
-
-
 def _text(value: Any, limit: int = DETAIL_LIMIT) -> str:
     text = str(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
@@ -871,7 +858,7 @@ class Listener:
                             attempt=d.attempt)
             if d.notification is not None and d.result in (M.HANDLED, M.IGNORED, M.COALESCED):
                 committed.append((d.notification, d.committed_at))
-                stamp = _timestamp_of(d.notification)
+                stamp = d.notification.sent_at
                 if stamp is not None:
                     self._m_lag.observe(max(0.0, d.committed_at - stamp))
         if self.on_committed is not None and committed:

@@ -13,7 +13,6 @@ import time
 import uuid
 from collections.abc import Callable
 from contextlib import suppress
-from datetime import UTC, datetime
 from typing import Any
 
 import kombu
@@ -104,7 +103,7 @@ class BusTap:
         for notification, at in committed:
             if notification.event_type not in finals:  # coalesced into a later one: acked, not handled
                 handled.append((notification.event_type, EventResult.skip("coalesced")))
-            sent = _sent_at(notification.timestamp)
+            sent = notification.sent_at
             if sent is not None and str(notification.message_id) not in retried:
                 self.latencies.append((notification.event_type, at - sent))
         self.results.extend(handled)
@@ -121,14 +120,3 @@ class BusTap:
             with suppress(Exception):
                 conn.channel().exchange_delete(names.dead)
 
-
-def _sent_at(stamp: str | None) -> float | None:
-    """oslo's notification timestamp (UTC, "2026-11-23 12:00:00.123456") as epoch seconds."""
-    if not stamp:
-        return None
-    for fmt in ("%Y-%m-%d %H:%M:%S.%f", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S.%fZ", "%Y-%m-%dT%H:%M:%SZ"):
-        try:
-            return datetime.strptime(stamp, fmt).replace(tzinfo=UTC).timestamp()
-        except ValueError:
-            continue
-    return None

@@ -137,3 +137,13 @@ def test_absurdly_nested_json_is_a_bad_message_not_a_crash(body: bytes) -> None:
     with pytest.raises(BadMessage) as caught:
         parse(body)
     assert caught.value.reason == "too_deep"
+
+
+@pytest.mark.parametrize(("stamp", "expected"), [
+    ("2026-11-23 12:00:00.500000", 1795435200.5),  # oslo: naive UTC
+    ("2026-11-23T12:00:00Z", 1795435200.0),
+    ("yesterday", None),
+    (None, None),
+])
+def test_a_notifications_own_timestamp_in_epoch_seconds(stamp: str | None, expected: float | None) -> None:
+    assert Notification("x.y", {}, timestamp=stamp).sent_at == expected
