@@ -30,7 +30,6 @@ Why it looks the way it does (Calipso's listener is the counter-example, see cal
 
 from __future__ import annotations
 
-import errno
 import importlib
 import os
 import signal
@@ -52,6 +51,7 @@ import kombu.exceptions
 from daemons.event_manager import metrics as M
 from handlers.base import EventResult
 from handlers.envelope import BadMessage, Notification, parse
+from stackmap.amqp_reads import BufferedReads, buffer_socket_reads
 from stackmap.errors import ConfigError, SecretsUnavailable, StackmapError, StoreError
 from stackmap.logging import configure_logging, get_logger
 from stackmap.model import AMQPSection
@@ -368,73 +368,6 @@ def _text(value: Any, limit: int = DETAIL_LIMIT) -> str:
 
 CommitHook = Callable[[list[tuple[Notification, float]]], None]
 
-READ_AHEAD_BYTES = 64 * 1024
-
-
-class _ReadAhead:
-    """A buffered ``_read`` for py-amqp's plain-TCP transport.
-
-    py-amqp asks its socket for exactly the bytes it needs next (frame header, payload, frame end):
-    three system calls per frame, nine per message, and that caps a consumer at a few thousand
-    messages a second. This reads up to 64 KiB at a time into a buffer consumed by offset. It keeps
-    ``_read``'s contract: exactly ``n`` bytes, ``socket.timeout`` raised with nothing lost, and bytes
-    that ``read_frame`` pushes back into ``_read_buffer`` after a timeout are read first.
-    """
-
-    def __init__(self, transport: Any) -> None:
-        self.transport = transport
-        self.buffer = bytearray()
-        self.pos = 0
-
-    def __call__(self, n: int, initial: bool = False, _errnos: tuple[int, ...] = (errno.EAGAIN, errno.EINTR)) -> bytes:
-        transport, buf = self.transport, self.buffer
-        if transport._read_buffer:  # pushed back by read_frame after a timeout mid-frame
-            self.buffer = buf = bytearray(transport._read_buffer) + buf[self.pos:]
-            self.pos = 0
-            transport._read_buffer = b""
-        while len(buf) - self.pos < n:
-            try:
-                chunk = transport.sock.recv(max(READ_AHEAD_BYTES, n - (len(buf) - self.pos)))
-            except OSError as exc:
-                if exc.errno in _errnos:
-                    if initial and transport.raise_on_initial_eintr:
-                        raise TimeoutError() from None
-                    continue
-                raise
-            if not chunk:
-                raise OSError("Server unexpectedly closed connection")
-            if self.pos:
-                del buf[: self.pos]
-                self.pos = 0
-            buf += chunk
-        start = self.pos
-        self.pos += n
-        data = bytes(buf[start:self.pos])
-        if self.pos == len(buf):
-            buf.clear()
-            self.pos = 0
-        return data
-
-    def frame_ready(self) -> bool:
-        """Whether a whole frame is already buffered (reading it needs no system call, no timeout)."""
-        available = len(self.buffer) - self.pos
-        if available < 8 or self.transport._read_buffer:
-            return False
-        size = int.from_bytes(self.buffer[self.pos + 3:self.pos + 7], "big")
-        return available >= size + 8
-
-
-def _read_ahead(conn: kombu.Connection) -> _ReadAhead | None:
-    """Install ``_ReadAhead`` on a plain-TCP py-amqp connection (TLS transports buffer on their own)."""
-    transport: Any = getattr(getattr(conn, "connection", None), "transport", None)
-    if type(transport).__name__ != "TCPTransport" or not hasattr(transport, "_read_buffer") or \
-            getattr(transport, "sock", None) is None:
-        return None
-    reader = _ReadAhead(transport)
-    transport._read = reader
-    return reader
-
-
 class Listener:
     """Consumes one environment's queue until ``stop()``; see the module docstring for the rules."""
 
@@ -467,7 +400,7 @@ class Listener:
         self._next_depth_poll = 0.0
         self._last_heartbeat_check = 0.0
         self._channel: Any = None
-        self._reader: _ReadAhead | None = None
+        self._reader: BufferedReads | None = None
         self._copier: _Copier | None = None
         self.consuming = threading.Event()  # set while connected and consuming (tests, metrics)
         self._labels: dict[str, str] = {}
@@ -562,7 +495,7 @@ class Listener:
         self.reporter.state(BROKER_UNREACHABLE, reason)
 
     def _consume(self, conn: kombu.Connection) -> None:
-        self._reader = _read_ahead(conn)
+        self._reader = buffer_socket_reads(conn)
         channel = conn.channel()
         channel.auto_decode = False  # bodies stay the bytes that were published: parsed once, copied as they are
         channel.basic_qos(0, self.options.prefetch, False)

@@ -22,7 +22,6 @@ turns outcomes into acknowledgements:
 
 from __future__ import annotations
 
-import errno
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -35,6 +34,7 @@ from kombu.mixins import ConsumerProducerMixin
 from daemons.monitor_handler import metrics
 from daemons.monitor_handler.pipeline import ResultPipeline
 from daemons.monitor_handler.results import BadResult
+from stackmap.amqp_reads import buffer_socket_reads
 from stackmap.errors import StoreError
 from stackmap.logging import get_logger
 
@@ -140,7 +140,7 @@ class ResultConsumer(ConsumerProducerMixin):
 
     def on_consume_ready(self, connection: Any, channel: Any, consumers: Any, **kwargs: Any) -> None:
         self._active = connection
-        _buffer_socket_reads(connection, self.drain_timeout_s)
+        buffer_socket_reads(connection, self.drain_timeout_s)
         metrics.BROKER_CONNECTED.set(1)
         log.info("consuming check results", broker=connection.as_uri(), queue=self.queue.name,
                  exchange=self.exchange.name)
@@ -281,91 +281,3 @@ class ResultConsumer(ConsumerProducerMixin):
 def _property(message: Any, name: str) -> Any:
     props = getattr(message, "properties", None)
     return props.get(name) if isinstance(props, dict) else getattr(message, name, None)
-
-
-def _buffer_socket_reads(connection: Any, timeout: float | None = None) -> None:
-    """Make py-amqp read the socket in 64 KiB chunks instead of exactly the bytes each frame needs.
-
-    py-amqp's plain-TCP transport issues three ``recv`` calls per frame (header, payload, end
-    marker), nine per message; with thousands of small results a second, those system calls are the
-    consumer's largest cost. Likewise py-amqp sets the socket timeout before, and restores it after,
-    every frame it reads (two more system calls per frame); with the socket's own timeout set to the
-    drain timeout up front, both become no-ops. (A write blocked for that long then counts as a lost
-    connection, which kombu re-establishes; this connection only sends acknowledgements.)
-    The replacement reader keeps the transport's contract: when a read is
-    interrupted (a timeout), every byte not yet returned is back in ``_read_buffer``, where
-    ``read_frame`` puts back the partial frame, and the next read starts from there. Installed on
-    this connection's transport only, and only on the plain TCP one.
-    """
-    transport: Any = getattr(getattr(connection, "connection", None), "transport", None)
-    if type(transport).__name__ != "TCPTransport" or not hasattr(transport, "_read_buffer"):
-        return
-    sock = getattr(transport, "sock", None)
-    if sock is None:
-        return
-    if timeout is not None:
-        sock.settimeout(timeout)
-        _skip_timeout_switching(connection.connection, transport, timeout)
-    recv = sock.recv
-    interrupted = (errno.EAGAIN, errno.EINTR)
-    buf, pos = b"", 0
-
-    def _read(n: int, initial: bool = False) -> bytes:
-        nonlocal buf, pos
-        if transport._read_buffer:  # bytes handed back after an interrupted read come first
-            buf, pos = transport._read_buffer + buf[pos:], 0
-            transport._read_buffer = b""
-        if len(buf) - pos >= n:
-            result = buf[pos:pos + n]
-            pos += n
-            return result
-        parts = [buf[pos:]]
-        have = len(parts[0])
-        buf, pos = b"", 0
-        try:
-            while have < n:
-                try:
-                    chunk = recv(max(65536, n - have))
-                except OSError as exc:
-                    if exc.errno in interrupted:
-                        if initial and transport.raise_on_initial_eintr:
-                            raise TimeoutError() from None
-                        continue
-                    raise
-                if not chunk:
-                    raise OSError("Server unexpectedly closed connection")
-                parts.append(chunk)
-                have += len(chunk)
-        except BaseException:
-            transport._read_buffer = b"".join(parts)
-            raise
-        data = b"".join(parts)
-        buf, pos = data, n
-        return data[:n]
-
-    transport._read = _read
-
-
-def _skip_timeout_switching(amqp_connection: Any, transport: Any, timeout: float) -> None:
-    """py-amqp's ``blocking_read`` enters ``having_timeout`` (a generator-based context manager) for
-    every frame, even when the timeout does not change; with the socket's timeout fixed to the drain
-    timeout, read frames directly and keep the context manager for any other timeout."""
-    if not callable(getattr(amqp_connection, "blocking_read", None)) or not hasattr(transport, "read_frame"):
-        return
-    read_frame, having_timeout = transport.read_frame, transport.having_timeout
-    would_block = errno.EWOULDBLOCK
-
-    def blocking_read(timeout_s: float | None = None) -> Any:
-        if timeout_s != timeout:
-            with having_timeout(timeout_s):
-                frame = read_frame()
-        else:
-            try:
-                frame = read_frame()
-            except OSError as exc:
-                if exc.errno == would_block:  # what having_timeout turns into a timeout
-                    raise TimeoutError() from None
-                raise
-        return amqp_connection.on_inbound_frame(frame)
-
-    amqp_connection.blocking_read = blocking_read

@@ -16,6 +16,7 @@ from daemons.event_manager import metrics as M
 from daemons.event_manager.supervisor import fingerprint, qualifies
 from handlers.base import EventResult
 from handlers.envelope import Notification
+from stackmap.amqp_reads import BufferedReads
 from stackmap.errors import ConfigError
 from stackmap.model import EnvironmentConfig
 from stackmap.secrets import SecretBox
@@ -111,7 +112,7 @@ def test_event_type_labels_are_bounded() -> None:
 def test_read_ahead_returns_exact_reads_and_keeps_pushed_back_bytes() -> None:
     left, right = socket.socketpair()
     transport = SimpleNamespace(sock=left, _read_buffer=b"", raise_on_initial_eintr=True)
-    read = L._ReadAhead(transport)
+    read = BufferedReads(transport)
     payload = bytes(range(256)) * 1000
     threading.Thread(target=right.sendall, args=(payload,)).start()
     sizes = [7, 1, 1000, 5, 100_000, 65_536, 70_000]
