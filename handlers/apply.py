@@ -106,7 +106,6 @@ class Change:
     upserted: list[Doc] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
     renamed: list[str] = field(default_factory=list)  # objects whose name_path changed: labels and paths follow
-    touched: set[str] = field(default_factory=set)  # every clique containing one of these is rebuilt
     links_added: list[Doc] = field(default_factory=list)  # new links, and changed ones (as they are now)
     links_gone: set[tuple[str, str, str]] = field(default_factory=set)  # keys of links removed, and of changed ones
     focal_changed: set[str] = field(default_factory=set)  # objects whose own clique must be rebuilt
@@ -403,7 +402,7 @@ class MapUpdater:
         whose constraint fields moved), those that included a link that went away or changed, those
         a new link can extend (``clique_affected``), and every clique containing a ``touched`` id."""
         chosen, constraints = self._cliques()
-        everything = set(touched) | change.touched
+        everything = set(touched)
         focal_ids = set(change.focal_changed)
         if everything:
             focal_ids |= {c["focal_point"] for c in self.store.find_cliques(self.environment,
