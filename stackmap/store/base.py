@@ -21,7 +21,8 @@ Conventions every adapter keeps:
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
@@ -50,6 +51,15 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def describe(self) -> str:
         """Where the data lives, for ``stackmap info`` (never includes credentials)."""
+
+    @contextmanager
+    def transaction(self) -> Iterator[bool]:
+        """Make the writes inside commit together, or not at all when the block raises; yields
+        whether that holds. Nested blocks are savepoints: an inner failure undoes only the inner
+        writes. An adapter that cannot (this default; MongoDB without a replica set) yields False
+        and every write commits on its own, as outside a block: callers that rely on atomicity (the
+        event handlers skip relinking an object a retried event finds unchanged) must check."""
+        yield False
 
     # -- environments_config -----------------------------------------------------------------------
     @abc.abstractmethod
@@ -166,9 +176,11 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def find_cliques(
-        self, environment: str, *, focal_point: str | None = None, containing: Iterable[str] | None = None
+        self, environment: str, *, focal_point: str | None = None, containing: Iterable[str] | None = None,
+        holding: Iterable[tuple[str, str]] | None = None,
     ) -> list[Doc]:
-        """Cliques by focal point, or those whose nodes include any of ``containing``."""
+        """Cliques by focal point, or those whose nodes include any of ``containing``, or both ends of
+        one of the ``holding`` pairs (the only cliques that can hold a link between them)."""
 
     # -- clique types and constraints ----------------------------------------------------------------
     @abc.abstractmethod

@@ -621,7 +621,8 @@ class MongoStore(Store):
         return len(bodies)
 
     def find_cliques(
-        self, environment: str, *, focal_point: str | None = None, containing: Iterable[str] | None = None
+        self, environment: str, *, focal_point: str | None = None, containing: Iterable[str] | None = None,
+        holding: Iterable[tuple[str, str]] | None = None,
     ) -> list[Doc]:
         query: Doc = {"environment": environment}
         if focal_point is not None:
@@ -630,6 +631,11 @@ class MongoStore(Store):
             # a clique always contains its focal point, even when its stored ``nodes`` omit it
             members = {"$in": list(containing)}
             query["$or"] = [{"nodes": members}, {"focal_point": members}]
+        if holding is not None:
+            pairs: list[Doc] = [{"$and": [{"$or": [{"nodes": end}, {"focal_point": end}]} for end in pair]}
+                                for pair in holding]
+            nothing: Doc = {"focal_point": {"$in": []}}
+            query.setdefault("$and", []).append({"$or": pairs} if pairs else nothing)
         with self._op():
             return self._docs(self._db[CLIQUES].find(query).sort("focal_point", ASCENDING))
 

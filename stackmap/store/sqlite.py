@@ -8,14 +8,15 @@ block writers thanks to WAL.
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from stackmap.errors import DuplicateError, NotFound, StoreError, StoreUnavailable
 from stackmap.store.base import (
@@ -80,7 +81,7 @@ _SUBTREE = ("WITH RECURSIVE subtree(id) AS (SELECT id FROM inventory WHERE envir
 
 
 def _idlist(ids: Iterable[str]) -> str:
-    return json.dumps(list(ids))
+    return orjson.dumps(list(ids)).decode()
 
 
 def _monitor_only(fields: Mapping[str, Any]) -> bool:
@@ -114,6 +115,7 @@ class SqliteStore(Store):
         except (sqlite3.Error, OSError) as exc:
             raise StoreUnavailable(f"cannot open SQLite store {self.path}: {exc}") from None
         self._lock = threading.RLock()
+        self._frames: list[bool] = []  # open transaction()/write blocks, and whether each has begun
         with self._write() as cur:
             for stmt in _SCHEMA.split(";"):
                 if stmt.strip():
@@ -129,22 +131,88 @@ class SqliteStore(Store):
     # -- plumbing ----------------------------------------------------------------------------------
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Cursor]:
-        """One write transaction, taking SQLite's write lock up front (no upgrade deadlocks)."""
-        with self._lock:
-            cur = self._conn.cursor()
+        """One write transaction, taking SQLite's write lock up front (no upgrade deadlocks); inside
+        ``transaction()`` a savepoint, so one failed call undoes only its own writes."""
+        with self._lock, self._frame(lazy=False) as cur:
+            yield cur
+
+    @contextmanager
+    def _frame(self, lazy: bool) -> Iterator[sqlite3.Cursor]:
+        """A transaction (outermost) or a savepoint (nested). A lazy one begins only when a write
+        inside it does (``_begin``): a ``transaction()`` whose first writes come after slow work (an
+        event handler reading the API first) must not hold the write lock during that work."""
+        depth = len(self._frames)
+        self._frames.append(False)
+        cur = self._conn.cursor()
+        try:
+            if not lazy:
+                self._begin(cur)
+        except BaseException:
+            del self._frames[depth:]
+            cur.close()
+            raise
+        try:
+            yield cur
+        except BaseException:
+            if self._frames[depth]:
+                self._undo(cur, depth)
+            raise
+        else:
+            if self._frames[depth]:
+                self._done(cur, depth)
+        finally:
+            del self._frames[depth:]
+            cur.close()
+
+    def _begin(self, cur: sqlite3.Cursor) -> None:
+        """Begin every open frame not begun yet, outermost first."""
+        for depth, begun in enumerate(self._frames):
+            if begun:
+                continue
             try:
-                cur.execute("BEGIN IMMEDIATE")
+                cur.execute(f"SAVEPOINT s{depth}" if depth else "BEGIN IMMEDIATE")
             except sqlite3.OperationalError as exc:
                 raise StoreUnavailable(f"SQLite store {self.path} is busy or unavailable: {exc}") from None
-            try:
-                yield cur
-            except BaseException:
-                cur.execute("ROLLBACK")
-                raise
+            self._frames[depth] = True
+
+    def _undo(self, cur: sqlite3.Cursor, depth: int) -> None:
+        if not self._conn.in_transaction:
+            return  # SQLite already rolled it back (an I/O error, a full disk)
+        with suppress(sqlite3.Error):  # the error being raised says more than a failed rollback would
+            if depth:
+                cur.execute(f"ROLLBACK TO s{depth}")
+                cur.execute(f"RELEASE s{depth}")
             else:
-                cur.execute("COMMIT")
-            finally:
-                cur.close()
+                cur.execute("ROLLBACK")
+
+    def _done(self, cur: sqlite3.Cursor, depth: int) -> None:
+        if not self._conn.in_transaction:
+            # SQLite rolled the whole transaction back under us after an error it reported to a
+            # caller that went on: committing now would pretend the writes before it had landed
+            raise StoreUnavailable(f"SQLite store {self.path}: the transaction was rolled back by SQLite")
+        try:
+            cur.execute(f"RELEASE s{depth}" if depth else "COMMIT")
+        except sqlite3.OperationalError as exc:
+            self._undo(cur, depth)
+            raise StoreUnavailable(f"SQLite store {self.path}: cannot commit: {exc}") from None
+
+    @contextmanager
+    def transaction(self) -> Iterator[bool]:
+        # Lazy: SQLite's write lock is taken by the first write inside, not here. The Python lock is
+        # taken to open and to close the block, not held across it: another thread's write in
+        # between joins the open transaction (it is the same connection) instead of waiting.
+        with self._lock:
+            frame = self._frame(lazy=True)
+            frame.__enter__()
+        try:
+            yield True
+        except BaseException as exc:
+            with self._lock:
+                frame.__exit__(type(exc), exc, exc.__traceback__)
+            raise
+        else:
+            with self._lock:
+                frame.__exit__(None, None, None)
 
     def _read(self, sql: str, params: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
@@ -520,7 +588,8 @@ class SqliteStore(Store):
         return len(clique_rows)
 
     def find_cliques(
-        self, environment: str, *, focal_point: str | None = None, containing: Iterable[str] | None = None
+        self, environment: str, *, focal_point: str | None = None, containing: Iterable[str] | None = None,
+        holding: Iterable[tuple[str, str]] | None = None,
     ) -> list[Doc]:
         where, params = ["c.environment = ?"], [environment]
         if focal_point is not None:
@@ -531,6 +600,16 @@ class SqliteStore(Store):
                 f"c.focal_point IN (SELECT focal_point FROM clique_nodes WHERE environment = ? AND node_id IN {_IDS})"
             )
             params += [environment, _idlist(containing)]
+        if holding is not None:
+            # CROSS JOIN fixes the loop order (left table outermost): the pairs, then each end through
+            # an index; left to itself the planner scans an environment's clique_nodes for the first
+            where.append(
+                "c.focal_point IN (SELECT a.focal_point FROM json_each(?) p CROSS JOIN clique_nodes a "
+                "CROSS JOIN clique_nodes b WHERE a.environment = ? AND a.node_id = json_extract(p.value, '$[0]') "
+                "AND b.environment = a.environment AND b.focal_point = a.focal_point "
+                "AND b.node_id = json_extract(p.value, '$[1]'))"
+            )
+            params += [orjson.dumps([list(pair) for pair in holding]).decode(), environment]
         return self._docs(f"SELECT c.doc FROM cliques c WHERE {' AND '.join(where)} ORDER BY c.focal_point", params)
 
     # -- clique types and constraints ----------------------------------------------------------------

@@ -104,6 +104,44 @@ def test_unchanged_upsert_writes_nothing_and_changes_are_written(store: Store) -
     assert store.get_object(ENV, "i1")["name"] == "renamed"
 
 
+def test_writes_in_a_transaction_land_together(store: Store) -> None:
+    with store.transaction():
+        store.upsert_objects(ENV, tree()[:2])
+        with store.transaction():  # nested: a savepoint on adapters that have them
+            store.upsert_links(ENV, [link("host-instance", "h1", "i1")])
+        store.append_messages([Message(environment=ENV, message="m").to_doc()])
+    assert store.get_object(ENV, "h1") is not None
+    assert store.find_links(ENV, source_id="h1")
+    assert len(store.find_messages(environment=ENV)) == 1
+
+
+def test_a_failed_transaction_undoes_its_writes_where_atomic(store: Store) -> None:
+    store.upsert_objects(ENV, tree()[:1])
+    with pytest.raises(RuntimeError), store.transaction() as atomic:
+        store.upsert_objects(ENV, [obj("h1", "host", "/lab/r1/h1", "r1")])
+        with store.transaction():
+            store.upsert_links(ENV, [link("host-instance", "h1", "i1")])
+        raise RuntimeError("handler broke")
+    assert atomic or not store.url.startswith("sqlite")  # the embedded store is always atomic
+    if atomic:
+        assert store.get_object(ENV, "h1") is None
+        assert store.find_links(ENV, source_id="h1") == []
+    else:  # each write committed on its own
+        assert store.get_object(ENV, "h1") is not None
+    assert store.get_object(ENV, "r1") is not None
+
+
+def test_a_failed_inner_transaction_undoes_only_its_own_writes(store: Store) -> None:
+    with store.transaction() as atomic:
+        store.upsert_objects(ENV, tree()[:1])
+        with pytest.raises(RuntimeError), store.transaction():
+            store.upsert_objects(ENV, [obj("h1", "host", "/lab/r1/h1", "r1")])
+            raise RuntimeError("one event broke")
+        store.upsert_objects(ENV, [obj("h10", "host", "/lab/r1/h10", "r1")])
+    assert store.get_object(ENV, "r1") is not None and store.get_object(ENV, "h10") is not None
+    assert (store.get_object(ENV, "h1") is None) == atomic
+
+
 def test_upsert_refuses_documents_without_keys(store: Store) -> None:
     with pytest.raises(ValueError):
         store.upsert_objects(ENV, [{"type": "host"}])
@@ -216,6 +254,18 @@ def test_replace_cliques_whole_environment_and_by_focal_point(store: Store) -> N
     # whole replacement
     store.replace_cliques(ENV, [clique("i3", ["i3"])])
     assert [c["focal_point"] for c in store.find_cliques(ENV)] == ["i3"]
+
+
+def test_find_cliques_holding_both_ends_of_a_link(store: Store) -> None:
+    store.replace_cliques(ENV, [clique("i1", ["i1", "p1", "n1"]), clique("i2", ["i2", "p2", "n1"]),
+                                clique("n1", ["p1", "p2"])])  # a focal point is in its clique, listed or not
+    def holding(*pairs: tuple[str, str]) -> list[str]:
+        return [c["focal_point"] for c in store.find_cliques(ENV, holding=list(pairs))]
+    assert holding(("p1", "n1")) == ["i1", "n1"]
+    assert holding(("n1", "p2"), ("i1", "p1")) == ["i1", "i2", "n1"]
+    assert holding(("p1", "p2")) == ["n1"]
+    assert holding(("p1", "zz")) == [] and holding() == []
+    assert [c["focal_point"] for c in store.find_cliques(ENV, focal_point="i2", holding=[("p1", "n1")])] == []
 
 
 def test_clique_types_and_constraints(store: Store) -> None:
