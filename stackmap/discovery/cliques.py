@@ -223,7 +223,10 @@ class MemoryGraph:
 
 class StoreGraph:
     """Links read from the store, for rebuilding a few cliques after an event: one query per
-    direction per step for the whole frontier, never one per node."""
+    direction per step for the whole frontier, never one per node, and (``reads_per_step``) the
+    cliques of one type walked together, so a step is one query for all of them."""
+
+    reads_per_step = True
 
     def __init__(self, store: Store, environment: str) -> None:
         self.store = store
@@ -242,6 +245,8 @@ class StoreGraph:
 
 # --------------------------------------------------------------------------------------------------
 # the walk
+
+WALK_TOGETHER_MAX = 500  # focal objects walked in lockstep: bounds one step's query and its answer
 
 
 @functools.cache
@@ -320,29 +325,28 @@ def _passes(link: Mapping[str, Any], limits: Sequence[tuple[str, set[Hashable]]]
     return True
 
 
-def _walk(
-    focal: Mapping[str, Any],
-    clique_type: Mapping[str, Any],
-    limits: Sequence[tuple[str, set[Hashable]]],
-    graph: LinkGraph,
-) -> tuple[list[str], dict[str, Doc]]:
-    """Collect the nodes and links reached from ``focal``; nodes in discovery order, focal first."""
-    focal_id = str(focal["id"])
-    nodes: dict[str, None] = {focal_id: None}
-    by_type: dict[str, set[str]] = defaultdict(set)
-    by_type[_norm_type(str(focal["type"]))].add(focal_id)
-    links: dict[str, Doc] = {}
-    use_implicit = bool(clique_type.get("use_implicit_links"))
-    directed = bool(clique_type.get("directed"))
-    for link_type in clique_type["link_types"]:
-        found = _step_links(link_type, directed, by_type, graph)
-        if not found:
-            continue  # nothing to follow from *yet*; later steps still run
+class _Walk:
+    """One focal object's walk in progress: nodes in discovery order (focal first), the nodes
+    reached so far by type, and the links taken."""
+
+    __slots__ = ("by_type", "limits", "links", "nodes")
+
+    def __init__(self, focal: Mapping[str, Any], limits: Sequence[tuple[str, set[Hashable]]]) -> None:
+        focal_id = str(focal["id"])
+        self.nodes: dict[str, None] = {focal_id: None}
+        self.by_type: dict[str, set[str]] = defaultdict(set)
+        self.by_type[_norm_type(str(focal["type"]))].add(focal_id)
+        self.links: dict[str, Doc] = {}
+        self.limits = limits
+
+    def take(self, found: list[Doc], use_implicit: bool) -> None:
+        """Follow the links one step found (all computed before any is taken, as a step is)."""
         if len(found) > 1:
             found.sort(key=lambda link: link["id"])  # same clique whatever order the graph returns
+        nodes, links, by_type = self.nodes, self.links, self.by_type
         for link in found:
             lid = link["id"]
-            if lid in links or (link.get("implicit") and not use_implicit) or not _passes(link, limits):
+            if lid in links or (link.get("implicit") and not use_implicit) or not _passes(link, self.limits):
                 continue
             links[lid] = link
             for end, end_type in ((link["source_id"], link.get("source_type")),
@@ -351,7 +355,53 @@ def _walk(
                     nodes[end] = None
                     by_type[_norm_type(end_type) if end_type else
                             _ends(link["link_type"])[0 if end == link["source_id"] else 1]].add(end)
-    return list(nodes), links
+
+
+def _walk_alone(walk: _Walk, clique_type: Mapping[str, Any], graph: LinkGraph) -> None:
+    """Walk one focal object's steps in order, reading each step's links for its frontier."""
+    use_implicit = bool(clique_type.get("use_implicit_links"))
+    directed = bool(clique_type.get("directed"))
+    for link_type in clique_type["link_types"]:
+        found = _step_links(link_type, directed, walk.by_type, graph)
+        if found:  # else nothing to follow from *yet*; later steps still run
+            walk.take(found, use_implicit)
+
+
+def _walk_together(walks: Sequence[_Walk], clique_type: Mapping[str, Any], graph: LinkGraph) -> None:
+    """Walk several focal objects of one clique type step by step, reading each step's links once
+    for all of them (a store query per step, not per step and clique), then giving each walk
+    exactly the links its own frontier would have read: each ends as ``_walk_alone`` would leave it."""
+    use_implicit = bool(clique_type.get("use_implicit_links"))
+    directed = bool(clique_type.get("directed"))
+    for step in clique_type["link_types"]:
+        source_type, target_type = _ends(step)
+        union: dict[str, set[str]] = defaultdict(set)
+        for walk in walks:
+            for node_type in (source_type, target_type):
+                union[node_type] |= walk.by_type.get(node_type, set())
+        found = _step_links(step, directed, union, graph)
+        if not found:
+            continue
+        by_source: dict[tuple[str, str], list[Doc]] = defaultdict(list)
+        by_target: dict[tuple[str, str], list[Doc]] = defaultdict(list)
+        for link in found:
+            by_source[(link["link_type"], link["source_id"])].append(link)
+            by_target[(link["link_type"], link["target_id"])].append(link)
+        reverses = _followed(step, directed)[1:]
+        for walk in walks:
+            mine: dict[str, Doc] = {}
+            for node in walk.by_type.get(source_type, ()):
+                for link in by_source.get((step, node), ()):
+                    mine[link["id"]] = link
+                for reverse in reverses:  # directed: the reversed type, backwards from the same nodes
+                    for link in by_target.get((reverse, node), ()):
+                        mine[link["id"]] = link
+            if not directed:
+                for node in walk.by_type.get(target_type, ()):
+                    for link in by_target.get((step, node), ()):
+                        mine[link["id"]] = link
+            if mine:
+                walk.take(list(mine.values()), use_implicit)
 
 
 def build_cliques(
@@ -367,7 +417,8 @@ def build_cliques(
     The focal object's value of each constraint field is kept in the clique (so a reader sees why a
     link was left out); a focal object without that field is not constrained on it.
     """
-    cliques: list[Doc] = []
+    together = bool(getattr(graph, "reads_per_step", False))
+    planned: list[tuple[Mapping[str, Any], str, Mapping[str, Any], dict[str, Any], _Walk]] = []
     for focal in focal_objects:
         focal_type = str(focal.get("type") or "")
         clique_type = chosen.get(focal_type)
@@ -381,7 +432,22 @@ def build_cliques(
                 continue
             recorded[field] = list(value) if isinstance(value, list | tuple | set | frozenset) else value
             limits.append((field, _allowed(value)))
-        nodes, links = _walk(focal, clique_type, limits, graph)
+        walk = _Walk(focal, limits)
+        planned.append((focal, focal_type, clique_type, recorded, walk))
+        if not together:
+            _walk_alone(walk, clique_type, graph)
+    if together:
+        by_type: dict[str, list[_Walk]] = defaultdict(list)
+        types: dict[str, Mapping[str, Any]] = {}
+        for _, _, clique_type, _, walk in planned:
+            by_type[str(clique_type["id"])].append(walk)
+            types[str(clique_type["id"])] = clique_type
+        for type_id, walks in by_type.items():
+            for at in range(0, len(walks), WALK_TOGETHER_MAX):
+                _walk_together(walks[at:at + WALK_TOGETHER_MAX], types[type_id], graph)
+    cliques: list[Doc] = []
+    for focal, focal_type, clique_type, recorded, walk in planned:
+        nodes, links = list(walk.nodes), walk.links
         doc = Clique(
             environment=environment,
             focal_point=str(focal["id"]),

@@ -227,3 +227,31 @@ def test_directed_walk_queries_stay_bounded(sqlite: Store, monkeypatch: pytest.M
     steps = sum(len(chosen[f["type"]]["link_types"]) for f in focal)
     assert len(calls) <= 2 * steps
     assert all(len(c["link_types"]) == 1 for c in calls)
+
+
+def test_cliques_walked_together_equal_cliques_walked_alone(sqlite: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The store graph walks the cliques of one type in lockstep (a query per step for all of them);
+    each clique must come out exactly as its own walk makes it, node order included."""
+    docs = [*networks(), *lxb_host()]
+    for n in range(6):
+        docs += ovs_host(f"ovs-{n}", f"10.4.0.{n + 1}", vm=f"vm-{n}", vm_port=f"p{n}")
+    scan_into(sqlite, docs, OVS_ENV)
+    chosen = select_clique_types(OVS_ENV, sqlite.list_clique_types(ENV))
+    constraints = constraints_by_focal_type(sqlite.list_clique_constraints())
+    focal = [d for d in sqlite.find_objects(ENV) if d["type"] in chosen]
+    assert len({f["type"] for f in focal}) >= 6 and len(focal) >= 30
+    alone = build_cliques(ENV, focal, chosen, constraints, MemoryGraph(sqlite.find_links(ENV)))
+    calls: list[dict[str, Any]] = []
+    real = sqlite.find_links
+
+    def counting(environment: str, **kw: Any) -> list[Doc]:
+        calls.append(kw)
+        return real(environment, **kw)
+
+    monkeypatch.setattr(sqlite, "find_links", counting)
+    together = build_cliques(ENV, focal, chosen, constraints, StoreGraph(sqlite, ENV))
+    assert [(c["focal_point"], c["nodes"], c["links"]) for c in together] == \
+        [(c["focal_point"], c["nodes"], c["links"]) for c in alone]
+    assert sum(len(c["links"]) for c in together) > len(focal)  # real walks, not empty ones
+    steps_per_type = sum(len(chosen[t]["link_types"]) for t in {f["type"] for f in focal})
+    assert len(calls) <= 2 * steps_per_type  # per step and type, not per step and clique
