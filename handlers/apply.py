@@ -108,6 +108,9 @@ class Change:
     renamed: list[str] = field(default_factory=list)  # objects whose name_path changed: labels and paths follow
     links_added: list[Doc] = field(default_factory=list)  # new links, and changed ones (as they are now)
     links_gone: set[tuple[str, str, str]] = field(default_factory=set)  # keys of links removed, and of changed ones
+    # links whose content changed where no clique walk looks (a state, a label): their cliques keep
+    # their shape, and only the copies in their links_detailed are replaced (see ``_walked_alike``)
+    links_patched: dict[tuple[str, str, str], Doc] = field(default_factory=dict)
     focal_changed: set[str] = field(default_factory=set)  # objects whose own clique must be rebuilt
     written: int = 0
     links_written: int = 0
@@ -145,6 +148,12 @@ class MapUpdater:
         self._pool: ThreadPoolExecutor | None = None
         self._ahead: dict[Read, tuple[float, Future[Any]]] = {}
         self._held: dict[str, set[str]] = {}
+        # Set by the dispatcher: whether the event being handled commits all-or-nothing (then an
+        # object it finds unchanged has its links as its last committed change left them).
+        self.atomic = False
+        # While a batch is open, what its events did to the cliques, rebuilt once by flush_cliques().
+        self._pending: Change | None = None
+        self._pending_touched: set[str] = set()
         for finder in self.finders:
             for holder in finder.holder_types:
                 self._held.setdefault(holder, set()).add(finder.link_type)
@@ -198,6 +207,12 @@ class MapUpdater:
             return self._show_now(read[1], read[2], read[3])
         res, region, params = read[1], read[2], read[3]
         return self._list_now(res, region, dict(params))
+
+    def reads_ready(self, reads: Iterable[Read]) -> bool:
+        """Whether every one of these reads has been read ahead and has its answer already."""
+        with self._lock:
+            entries = [self._ahead.get(read) for read in reads]
+        return all(entry is not None and entry[1].done() for entry in entries)
 
     def _taken(self, read: Read) -> Any:
         with self._lock:
@@ -263,14 +278,18 @@ class MapUpdater:
                 cutoff = now - TOMBSTONE_SECONDS
                 self._tombstones = {k: v for k, v in self._tombstones.items() if v > cutoff}
 
-    def stale(self, kind: str, item: Doc) -> bool:
-        """Whether a payload is older than what the map holds (neutron revision numbers)."""
+    def revision_seen(self, item: Doc) -> str | None:
+        """How a neutron item's ``revision_number`` compares with the map's copy: "older" (a late
+        delivery: ignore it), "same" (a duplicate: neutron bumps the revision on every change of the
+        resource, so the map already holds this state) or None (newer, unknown, or no revisions)."""
         revision = item.get("revision_number")
         if not isinstance(revision, int):
-            return False
+            return None
         stored = self.store.get_object(self.environment, str(item.get("id")))
-        return stored is not None and isinstance(stored.get("revision_number"), int) and \
-            stored["revision_number"] > revision
+        held = stored.get("revision_number") if stored is not None else None
+        if not isinstance(held, int) or held < revision:
+            return None
+        return "older" if held > revision else "same"
 
     # -- the core: refresh objects through the scan's own fetchers ----------------------------------
     def refresh(self, kind: str, items: list[Doc], seeds: dict[Resource, list[Doc]] | None = None,
@@ -339,6 +358,11 @@ class MapUpdater:
         holders = {h["id"]: h for h in [*change.upserted, *extra_holders]}
         if not holders:
             return
+        if self.atomic and not change.written and not change.deleted:
+            # The event wrote nothing, and every earlier change of these objects committed with its
+            # links: they are still what relinking would write. (Without atomic events a retry of an
+            # event whose first try died between object and links would find nothing to do here.)
+            return
         lookup = StoreLookup(self.store, self.environment)
         fresh = find_links(self.environment, list(holders.values()), lookup, self.finders)
         if change.renamed:
@@ -365,14 +389,19 @@ class MapUpdater:
                 link_types=sorted({k[0] for k in missing})) if _key(lk) in missing})
         differing = []
         for link in fresh:
-            stored = current.get(_key(link))
+            key = _key(link)
+            stored = current.get(key)
             if stored is None or _link_differs(link, stored):
                 differing.append(link)
-                if stored is not None:
-                    change.links_gone.add(_key(link))
+                if stored is None:
+                    change.links_added.append(link)
+                elif _walked_alike(link, stored):
+                    change.links_patched[key] = link
+                else:
+                    change.links_gone.add(key)
+                    change.links_added.append(link)
         if differing:
             change.links_written += self.store.upsert_links(self.environment, differing)
-            change.links_added.extend(differing)
         fresh_keys = {_key(lk) for lk in fresh}
         stale = {key for key, lk in current.items() if key not in fresh_keys and self._held_by(lk, holders)}
         if stale:
@@ -400,24 +429,83 @@ class MapUpdater:
     def reclique(self, change: Change, touched: Iterable[str] = ()) -> None:
         """Rebuild only the cliques a change can alter: the own clique of a new focal object (or one
         whose constraint fields moved), those that included a link that went away or changed, those
-        a new link can extend (``clique_affected``), and every clique containing a ``touched`` id."""
+        a new link can extend (``clique_affected``), and every clique containing a ``touched`` id.
+        Inside a batch (``begin_batch``) this only notes the change: ``flush_cliques`` rebuilds."""
+        if self._pending is not None:
+            self._note(change, touched)
+            return
+        self._reclique_now(change, set(touched))
+
+    # -- batches: cliques rebuilt once for all the events of a batch ----------------------------------
+    def begin_batch(self) -> None:
+        """From now on, note what events do to cliques instead of rebuilding them at each event.
+
+        Why it is the same map: the cliques to rebuild are found, at the flush, from the clique table
+        as it was before the batch. A clique that an event of the batch extended is reached from a
+        node it already had by the first link of that extension, which is among the batch's added
+        links; a link both added and removed within the batch was never in a stored clique. And each
+        rebuild reads the store as the batch leaves it, so a clique is rebuilt once, from the end state."""
+        if self._pending is None:
+            self._pending = Change()
+            self._pending_touched = set()
+
+    def _note(self, change: Change, touched: Iterable[str]) -> None:
+        pending = self._pending
+        assert pending is not None
+        pending.focal_changed |= change.focal_changed
+        pending.links_added.extend(change.links_added)
+        pending.links_gone |= change.links_gone
+        pending.links_patched.update(change.links_patched)
+        pending.deleted.extend(change.deleted)
+        self._pending_touched.update(t for t in touched if t)
+
+    def flush_cliques(self) -> int:
+        """Rebuild the cliques the batch's events altered; returns how many were rebuilt."""
+        pending, touched = self._pending, self._pending_touched
+        self._pending, self._pending_touched = None, set()
+        if pending is None:
+            return 0
+        unique = {_key(lk): lk for lk in pending.links_added}  # a link noted twice is checked once
+        pending.links_added = list(unique.values())
+        self._reclique_now(pending, touched)
+        return pending.cliques_rebuilt
+
+    def discard_batch(self) -> None:
+        """The batch's writes were rolled back: its events will be handled again and noted again."""
+        self._pending, self._pending_touched = None, set()
+
+    def _reclique_now(self, change: Change, touched: set[str]) -> None:
         chosen, constraints = self._cliques()
-        everything = set(touched)
         focal_ids = set(change.focal_changed)
-        if everything:
+        if touched:
             focal_ids |= {c["focal_point"] for c in self.store.find_cliques(self.environment,
-                                                                            containing=list(everything))}
-        ends = {str(lk[end]) for lk in change.links_added for end in ("source_id", "target_id")}
-        ends |= {end for key in change.links_gone for end in key[1:]}
+                                                                            containing=list(touched))}
+        by_end: dict[str, list[Doc]] = {}
+        for lk in change.links_added:
+            for end in (str(lk["source_id"]), str(lk["target_id"])):
+                by_end.setdefault(end, []).append(lk)
         gone_ids = {link_id(*key) for key in change.links_gone}
-        if ends:
-            for clique in self.store.find_cliques(self.environment, containing=list(ends)):
+        # a clique a new link can extend has one of its ends; one that held a link that went away, both
+        candidates: dict[str, Doc] = {}
+        if by_end:
+            candidates.update((c["focal_point"], c) for c in self.store.find_cliques(
+                self.environment, containing=list(by_end)))
+        if change.links_gone:
+            candidates.update((c["focal_point"], c) for c in self.store.find_cliques(
+                self.environment, holding=sorted({key[1:] for key in change.links_gone})))
+        if candidates:
+            for clique in candidates.values():
                 if clique["focal_point"] in focal_ids:
                     continue
                 clique_type = chosen.get(str(clique.get("focal_point_type")))
-                if clique_type is None or clique_affected(clique, clique_type, change.links_added, gone_ids):
+                # only new links with an end in the clique can extend it (a batch brings many others)
+                members = {*(clique.get("nodes") or ()), clique["focal_point"]}
+                near = {id(lk): lk for node in by_end.keys() & members
+                        for lk in by_end[node]}
+                if clique_type is None or clique_affected(clique, clique_type, near.values(), gone_ids):
                     focal_ids.add(clique["focal_point"])
         focal_ids -= set(change.deleted)
+        self._patch_cliques(change, focal_ids)
         if not focal_ids:
             return
         focal = self.store.find_objects(self.environment, ids=focal_ids)
@@ -425,6 +513,31 @@ class MapUpdater:
         gone = focal_ids - {c["focal_point"] for c in cliques}
         self.store.replace_cliques(self.environment, cliques, focal_points=focal_ids | gone)
         change.cliques_rebuilt += len(cliques)
+
+    def _patch_cliques(self, change: Change, rebuilt: set[str]) -> None:
+        """Replace, in the cliques that hold them, the copies of links whose change no walk sees:
+        such a clique would be walked again to the same nodes and links (cheaper than a walk, and
+        a port's status flip touches every clique its links are in). Cliques rebuilt anyway, and
+        links that also went away or changed shape, are left to the rebuild."""
+        keys = [key for key in change.links_patched if key not in change.links_gone]
+        if not keys:
+            return
+        ends = sorted({end for key in keys for end in key[1:]})
+        wanted = {link_id(*key) for key in keys}
+        # the links as the store now holds them: what a rebuild's walk would put in the clique
+        now = {lk["id"]: lk for lk in self.store.find_links(
+            self.environment, touching=ends, link_types=sorted({key[0] for key in keys})) if lk["id"] in wanted}
+        gone = set(change.deleted)
+        patched = []
+        for clique in self.store.find_cliques(self.environment, holding=sorted({key[1:] for key in keys})):
+            focal = clique["focal_point"]
+            if focal in rebuilt or focal in gone or not wanted.intersection(clique.get("links") or ()):
+                continue
+            detailed = [now.get(str(lk.get("id")), lk) for lk in clique.get("links_detailed") or ()]
+            patched.append(dict(clique, links_detailed=detailed))
+        if patched:
+            self.store.replace_cliques(self.environment, patched, focal_points={c["focal_point"] for c in patched})
+            change.cliques_rebuilt += len(patched)
 
     # -- deletes -----------------------------------------------------------------------------------
     def remove(self, object_id: str) -> Change:
@@ -498,6 +611,14 @@ def _link_differs(fresh: Doc, stored: Doc) -> bool:
 
 
 _STORE_ADDED = frozenset({"environment", MONITOR_STATUS, "_id"})
+# What a clique walk reads from a link besides its key (``cliques._Walk.take``, ``cliques._passes``)
+_WALKED = ("implicit", "attributes", "source_type", "target_type")
+
+
+def _walked_alike(fresh: Doc, stored: Doc) -> bool:
+    """Whether every clique walk takes ``fresh`` exactly where it took ``stored``."""
+    normal = loads(dumps({k: fresh.get(k) for k in _WALKED}))
+    return all(normal.get(k) == stored.get(k) for k in _WALKED)
 
 
 class _NoClient:

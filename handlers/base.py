@@ -115,9 +115,13 @@ class PayloadHandler(EventBase):
         oid = str(item["id"])
         if self.updater.tombstoned(oid):
             return EventResult.skip(f"{self.kind} {oid} was deleted; late {event_type} ignored", oid)
-        if self.updater.stale(self.kind, item):
+        seen = self.updater.revision_seen(item)
+        if seen == "older":
             return EventResult.skip(f"{self.kind} {oid}: revision {item.get('revision_number')} is older than "
                                     "the map's; ignored", oid)
+        if seen == "same" and self.updater.atomic:  # else the first try may have died half-way: redo it
+            return EventResult.skip(f"{self.kind} {oid}: the map is at revision {item.get('revision_number')} "
+                                    "already; duplicate ignored", oid)
         try:
             change: Change = self.refresh(item)
         except MissingParent as exc:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import json
+from contextlib import AbstractContextManager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from handlers.base import EventBase, EventResult
 from handlers.envelope import Notification
 from stackmap import paths
-from stackmap.errors import ConfigError, StackmapError, StoreUnavailable
+from stackmap.errors import ConfigError, StackmapError, StoreError, StoreUnavailable
 from stackmap.logging import get_logger
 from stackmap.model import MessageLevel
 from stackmap.settings import describe_validation_error
@@ -81,11 +82,21 @@ def _level(notification: Notification, result: EventResult) -> MessageLevel:
 
 
 class Dispatcher:
-    """Handles the notifications of one environment; build once per listener."""
+    """Handles the notifications of one environment; build once per listener.
 
-    def __init__(self, updater: Any, config: EventsConfig | None = None) -> None:
+    Each event's writes commit all-or-nothing where the store can (``Store.transaction``). With
+    ``batched=True`` (how the listener builds it) the events handled between two ``flush()`` calls
+    also share one transaction, their ``messages`` entries are written together, and the cliques
+    they alter are rebuilt once, at the flush: nothing of a batch is committed before ``flush()``
+    returns, which the listener calls before acknowledging the batch."""
+
+    def __init__(self, updater: Any, config: EventsConfig | None = None, *, batched: bool = False) -> None:
         self.config = config or load_events_config()
         self.updater = updater
+        self.batched = batched
+        self._batch: AbstractContextManager[bool] | None = None
+        self._messages: list[dict[str, Any]] = []
+        self._lost: str | None = None  # why the events handled since the last flush were undone
         classes = handler_classes()
         instances: dict[str, EventBase] = {}
         self.table: dict[str, EventBase] = {}
@@ -113,9 +124,81 @@ class Dispatcher:
                 start(reads)
 
     def close(self) -> None:
+        if self._batch is not None:  # never flushed: undone, and the listener never acked it
+            self._abandon(StackmapError("dispatcher closed before the batch was flushed"))
         close = getattr(self.updater, "close", None)
         if callable(close):
             close()
+
+    def _store(self) -> Any:
+        return getattr(self.updater, "store", None)
+
+    def _open_batch(self) -> None:
+        store = self._store()
+        if store is None or self._batch is not None:
+            return
+        batch = store.transaction()
+        batch.__enter__()  # StoreUnavailable when the store is busy or gone: the event is held
+        self._batch = batch
+        self.updater.begin_batch()
+
+    def flush(self) -> None:
+        """Rebuild the cliques the batch altered, write its messages and commit; raises
+        ``StoreError`` (and undoes the whole batch) when that cannot be done."""
+        lost, self._lost = self._lost, None
+        if lost is not None:  # an earlier commit of this batch's events failed: they must come again
+            self._abandon(StoreUnavailable(lost))
+            raise StoreUnavailable(lost)
+        batch, self._batch = self._batch, None
+        if batch is None:
+            return
+        messages, self._messages = self._messages, []
+        try:
+            try:
+                self.updater.flush_cliques()
+            except StoreError:
+                raise
+            except Exception as exc:  # a clique bug must not cost the batch's object and link updates
+                log.error("rebuilding the batch's cliques failed", error=f"{type(exc).__name__}: {exc}",
+                          exc_info=True)
+            if messages:
+                self._store().append_messages(messages)
+        except BaseException as exc:
+            self.updater.discard_batch()
+            batch.__exit__(type(exc), exc, exc.__traceback__)
+            raise
+        batch.__exit__(None, None, None)  # the commit; StoreUnavailable if it fails
+
+    def abandon(self) -> None:
+        """Undo the open batch (its messages will not be acknowledged, so they come back)."""
+        self._abandon(StackmapError("batch abandoned"))
+
+    def _commit_before_waiting(self, handler: EventBase, notification: Notification) -> None:
+        """Commit the batch so far when this event is going to wait for the API (its reads were not
+        read ahead, or have not come back): a batch holds the store's write lock from its first
+        write, and the scan manager and the monitor handler must not wait on a slow cloud."""
+        if self._batch is None:
+            return
+        try:
+            if self.updater.reads_ready(handler.reads(notification)):
+                return
+        except Exception:  # a payload too broken to name its reads: its handler will say why
+            pass
+        try:
+            self.flush()
+        except StoreError as exc:
+            # those events were acknowledged by nobody yet: the listener's next flush must fail too,
+            # so that it handles them again instead of acknowledging them
+            self._lost = f"the batch could not be committed: {exc}"
+            raise StoreUnavailable(self._lost) from None
+
+    def _abandon(self, exc: BaseException) -> None:
+        batch, self._batch = self._batch, None
+        self._messages = []
+        self.updater.discard_batch()
+        if batch is not None:
+            with suppress(Exception):
+                batch.__exit__(type(exc), exc, exc.__traceback__)
 
     def handle(self, notification: Notification) -> EventResult:
         handler = self.table.get(notification.event_type)
@@ -124,10 +207,18 @@ class Dispatcher:
         method = handler.method_for(notification.event_type)
         if method is None:
             return EventResult.skip(f"no handler for {notification.event_type}")
+        store = self._store()
         try:
-            result = method(notification)
-            if not result.ignored:
-                self.record(notification, result)
+            if self.batched:
+                self._commit_before_waiting(handler, notification)
+                self._open_batch()
+            if store is None:
+                return method(notification)
+            with store.transaction() as atomic:  # this event's writes, all or nothing
+                self.updater.atomic = atomic
+                result = method(notification)
+                if not result.ignored:
+                    self.record(notification, result)
             return result
         except StoreUnavailable as exc:
             return EventResult.store_unavailable(str(exc))
@@ -141,13 +232,13 @@ class Dispatcher:
 
     def record(self, notification: Notification, result: EventResult) -> None:
         """An entry in ``messages`` for what the event did (operators read these, Calipso's UI too)."""
-        store = getattr(self.updater, "store", None)
+        store = self._store()
         environment = getattr(self.updater, "environment", None)
         if store is None:
             return
         from stackmap.model import Message, utcnow
 
-        store.append_messages([Message(
+        (self._messages.extend if self._batch is not None else store.append_messages)([Message(
             environment=environment, source_system="OpenStack", level=_level(notification, result),
             message=result.message or notification.event_type, related_object=result.related_object,
             related_object_type=result.display_context, display_context=notification.event_type,

@@ -233,6 +233,13 @@ COLLECTIONS = ("servers", "aggregates", "flavors", "images", "networks", "subnet
                "floatingips", "security_groups", "volumes", "snapshots", "loadbalancers", "pools", "server_groups")
 
 
+
+def _change(item: Item, **fields: Any) -> None:
+    """Update an item as its API would: neutron bumps ``revision_number`` on every change."""
+    item.update(fields)
+    if isinstance(item.get("revision_number"), int) and "revision_number" not in fields:
+        item["revision_number"] += 1
+
 class FakeCloud:
     """A generated, internally consistent OpenStack cloud that tests can inspect and change.
 
@@ -650,7 +657,7 @@ class FakeCloud:
     def update(self, collection: str, item_id: str, region: str | None = None, **fields: Any) -> None:
         """Change fields of one item, as an API update would."""
         with self.lock:
-            self.region(region).collection(collection)[item_id].update(fields)
+            _change(self.region(region).collection(collection)[item_id], **fields)
             self._touch()
 
     def rename(self, collection: str, item_id: str, name: str, region: str | None = None) -> None:
@@ -669,7 +676,7 @@ class FakeCloud:
                 del reg.ports[pid]
             for fip in reg.floatingips.values():
                 if fip["port_id"] in gone_ports:
-                    fip.update(port_id=None, fixed_ip_address=None, router_id=None, status="DOWN",
+                    _change(fip, port_id=None, fixed_ip_address=None, router_id=None, status="DOWN",
                                port_details=None)
             for group in reg.server_groups.values():
                 group["members"] = [m for m in group["members"] if m not in gone]

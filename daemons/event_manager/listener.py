@@ -98,7 +98,10 @@ class EventSink(Protocol):
     ``handle`` never raises (a raise is treated as a failure and dead-lettered anyway) and its
     writes are committed when it returns, unless the sink also has a ``flush()`` method: then the
     listener calls ``flush()`` before acknowledging a batch, and ``flush`` raises ``StoreError`` if the
-    writes could not be committed. An optional ``event_types()`` names the event types it handles
+    writes could not be committed. Such a sink may hold the store's write lock until the flush: the
+    listener settles a batch once it is ``batch_size`` long or ``batch_max_delay_ms`` old. An optional
+    ``abandon()`` drops the writes of a batch that will not be acknowledged (the broker connection was
+    lost: the broker redelivers those messages). An optional ``event_types()`` names the event types it handles
     (used only to keep metric labels bounded; a ``table`` dict attribute serves too). An optional
     ``coalesce_key(notification)`` returns a key when handling a *later* notification with the same
     key makes handling this one pointless (both re-read the same object): of the deliveries waiting
@@ -123,7 +126,7 @@ def handlers_sink(environment: str, store: Store, box: SecretBox, settings: Sett
 
     opts = settings.event_manager
     return Dispatcher(MapUpdater(store, box, environment, trust_payloads=opts.trust_payloads,
-                                 read_ahead_threads=opts.read_ahead_threads))
+                                 read_ahead_threads=opts.read_ahead_threads), batched=True)
 
 
 def load_sink_factory(spec: str) -> SinkFactory:
@@ -383,6 +386,8 @@ class Listener:
         self.names = QueueNames.for_environment(environment)
         self.bindings = sorted(set(sink.bindings()))
         self._flush = _sink_flush(sink)
+        abandon = getattr(sink, "abandon", None)
+        self._abandon: Callable[[], Any] | None = abandon if callable(abandon) else None
         key_of = getattr(sink, "coalesce_key", None)
         self._coalesce_key: Callable[[Notification], Hashable | None] | None = key_of if callable(key_of) else None
         self._latest: dict[Hashable, _Delivery] = {}
@@ -450,6 +455,12 @@ class Listener:
         self._inbox.clear()
         self._latest.clear()
         self._done.clear()
+        if self._abandon is not None:  # their writes too: they are handled again when redelivered
+            try:
+                self._abandon()
+            except Exception as undo_error:
+                log.warning("abandoning the unacknowledged batch failed", environment=self.environment,
+                            error=f"{type(undo_error).__name__}: {undo_error}")
         reason = f"broker connection lost: {type(exc).__name__}: {exc}"
         log.warning("broker connection lost; reconnecting", environment=self.environment, error=reason)
         self.reporter.state(BROKER_UNREACHABLE, reason)
@@ -674,9 +685,12 @@ class Listener:
                 if not self._done:
                     self._batch_started = now
                 self._done.append(delivery)
-                if len(self._done) >= self.options.batch_size:
-                    self._complete()
                 now = time.monotonic()
+                # a batch's writes may hold the store's write lock until it is settled (see EventSink):
+                # settled as soon as it is full or old enough, even in the middle of a busy turn
+                if len(self._done) >= self.options.batch_size or \
+                        now - self._batch_started >= self.options.batch_max_delay_ms / 1000:
+                    self._complete()
                 if now >= until:
                     break
         if self._done and (idle or self._outage_until > now or len(self._done) >= self.options.batch_size

@@ -46,6 +46,12 @@ class _Recording:
     def read_ahead(self, notification: Notification) -> None:
         self.dispatcher.read_ahead(notification)
 
+    def flush(self) -> None:
+        self.dispatcher.flush()
+
+    def abandon(self) -> None:
+        self.dispatcher.abandon()
+
     def handle(self, notification: Notification) -> EventResult:
         result: EventResult = self.dispatcher.handle(notification)
         with self.lock:

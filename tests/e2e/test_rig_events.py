@@ -41,7 +41,7 @@ class Harness:
         self.store = new_map(tmp / "events.db", self.box)
         summary = Scanner(self.store, self.box, "rig").run()
         assert summary.status == "completed", summary.errors
-        self.dispatcher = Dispatcher(MapUpdater(self.store, self.box, "rig"))
+        self.dispatcher = Dispatcher(MapUpdater(self.store, self.box, "rig"), batched=True)
         self.tap = BusTap(self.dispatcher, self.dispatcher.bindings())
         self.rounds = 0
 

@@ -180,11 +180,12 @@ def handled_ids(db: Path, environment: str) -> set[str]:
 
 @contextmanager
 def running_listener(environment: str, store: Store, options: EventManagerSettings,
-                     url: str = BROKER, **kw: Any) -> Iterator[Listener]:
-    """A listener with the test double, in a thread of this process, consuming before it is yielded."""
+                     url: str = BROKER, sink: Any = None, **kw: Any) -> Iterator[Listener]:
+    """A listener with the test double (or ``sink``), in a thread of this process, consuming before
+    it is yielded."""
     listener = Listener(environment, kombu.Connection(url, transport_options={"confirm_publish": True},
                                                       heartbeat=options.heartbeat_s, connect_timeout=5),
-                        DoubleSink(environment, store), options, **kw)
+                        sink if sink is not None else DoubleSink(environment, store), options, **kw)
     errors: list[BaseException] = []
 
     def run() -> None:

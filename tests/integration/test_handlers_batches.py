@@ -1,0 +1,146 @@
+"""The dispatcher as the listener builds it (``batched=True``) on a fake cloud served over HTTP,
+watched through a second connection to the same SQLite file, as another daemon would see the map:
+nothing of a batch is visible before its flush, everything is after it, a batch that cannot be
+committed is undone as a whole and handled again, and an event that fails half-way leaves nothing
+behind, so handling it again does all of its work (unchanged objects are not relinked)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from handlers.apply import MapUpdater
+from stackmap.errors import StoreUnavailable
+from stackmap.store.sqlite import SqliteStore
+from tests.fakecloud import FakeCloud, ShowingServer
+from tests.integration.test_handlers_fakecloud import ENV, SIZE, World, compute_ports, notification
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[World]:
+    cloud = FakeCloud(SIZE)
+    with ShowingServer(cloud, max_limit=1000) as server:
+        w = World(tmp_path, cloud, server, batched=True)
+        w.dispatcher.updater.read_ahead_threads = 0  # every API read is made when the handler needs it
+        yield w
+        w.dispatcher.close()
+        w.store.close()
+
+
+@pytest.fixture
+def other(world: World) -> Iterator[SqliteStore]:
+    """A second connection to the map's file, with a short busy timeout."""
+    store = SqliteStore(world.store.url, busy_timeout_s=0.2)
+    yield store
+    store.close()
+
+
+def port_event(port: dict[str, Any], **changes: Any) -> Any:
+    changed = dict(port, revision_number=port["revision_number"] + 1, **changes)
+    return notification("port.update.end", {"port": changed})
+
+
+def trusting(world: World) -> MapUpdater:
+    updater: MapUpdater = world.dispatcher.updater
+    updater.trust_payloads = True  # the payload is the port: no API read, so events batch together
+    return updater
+
+
+def test_nothing_of_a_batch_is_seen_before_its_flush_and_everything_after(world: World, other: SqliteStore) -> None:
+    trusting(world)
+    ports = compute_ports(world.cloud)[:3]
+    names = [other.get_object(ENV, p["id"])["name"] for p in ports]
+    messages_before = len(other.find_messages(environment=ENV))
+    for n, port in enumerate(ports):
+        result = world.dispatcher.handle(port_event(port, name=f"renamed-{n}"))
+        assert result.result and "1 written" in result.message
+    assert [other.get_object(ENV, p["id"])["name"] for p in ports] == names
+    assert len(other.find_messages(environment=ENV)) == messages_before
+    cliques_before = {c["focal_point"]: c for c in other.find_cliques(ENV, containing=[ports[0]["id"]])}
+    assert cliques_before
+    world.dispatcher.flush()
+    assert [other.get_object(ENV, p["id"])["name"] for p in ports] == ["renamed-0", "renamed-1", "renamed-2"]
+    assert len(other.find_messages(environment=ENV)) == messages_before + 3
+    for focal, clique in cliques_before.items():  # the port's links carry its new name: rebuilt at the flush
+        (after,) = other.find_cliques(ENV, focal_point=focal)
+        assert after["links_detailed"] != clique["links_detailed"]
+
+
+def test_a_batch_that_cannot_be_committed_is_undone_and_handled_again(world: World, other: SqliteStore) -> None:
+    trusting(world)
+    port = compute_ports(world.cloud)[0]
+    name = other.get_object(ENV, port["id"])["name"]
+    event = port_event(port, name="first-try")
+    assert world.dispatcher.handle(event).result
+    # the batch holds the write lock since its first write: the other connection cannot write
+    with pytest.raises(StoreUnavailable):
+        other.upsert_objects(ENV, [dict(other.get_object(ENV, port["id"]), name="other-writer")])
+    real_append = world.store.append_messages
+
+    def broken(docs: Any) -> int:
+        raise StoreUnavailable("disk went away")
+
+    world.store.append_messages = broken  # type: ignore[method-assign]
+    with pytest.raises(StoreUnavailable):
+        world.dispatcher.flush()
+    world.store.append_messages = real_append  # type: ignore[method-assign]
+    assert other.get_object(ENV, port["id"])["name"] == name  # undone as a whole
+    # the listener hands the same event in again: it is not taken for a duplicate of the undone write
+    result = world.dispatcher.handle(event)
+    assert result.result and "1 written" in result.message, result.message
+    world.dispatcher.flush()
+    assert other.get_object(ENV, port["id"])["name"] == "first-try"
+    world.cloud.update("ports", port["id"], name="first-try")
+    world.assert_like_a_fresh_scan()
+
+
+def test_an_event_that_will_wait_for_the_api_commits_the_batch_before_it(world: World, other: SqliteStore) -> None:
+    updater = trusting(world)
+    port, second = compute_ports(world.cloud)[:2]
+    name, second_name = (other.get_object(ENV, p["id"])["name"] for p in (port, second))
+    assert world.dispatcher.handle(port_event(port, name="batched")).result
+    assert other.get_object(ENV, port["id"])["name"] == name
+    updater.trust_payloads = False  # the next port is read from the API, which was not read ahead
+    world.cloud.rename("ports", second["id"], "read-from-the-api")
+    assert world.dispatcher.handle(notification("port.update.end", {"port": {"id": second["id"]}})).result
+    assert other.get_object(ENV, port["id"])["name"] == "batched"  # committed before the read
+    assert other.get_object(ENV, second["id"])["name"] == second_name  # not yet
+    world.dispatcher.flush()
+    assert other.get_object(ENV, second["id"])["name"] == "read-from-the-api"
+
+
+def test_an_event_that_fails_half_way_leaves_nothing_and_its_retry_does_everything(world: World) -> None:
+    updater = trusting(world)
+    port = compute_ports(world.cloud)[0]
+    name = world.store.get_object(ENV, port["id"])["name"]
+    event = port_event(port, name="half-way")
+    links_before = world.store.find_links(ENV, touching=[port["id"]])
+    real_relink = updater.relink
+
+    def store_gone(*args: Any, **kwargs: Any) -> None:
+        raise StoreUnavailable("the store went away between the object and its links")
+
+    updater.relink = store_gone  # type: ignore[method-assign]
+    result = world.dispatcher.handle(event)
+    assert not result.result and result.store_outage
+    updater.relink = real_relink  # type: ignore[method-assign]
+    assert world.store.get_object(ENV, port["id"])["name"] == name  # the object write was undone
+    result = world.dispatcher.handle(event)
+    assert result.result and "1 written" in result.message and "links +" in result.message
+    world.dispatcher.flush()
+    assert world.store.find_links(ENV, touching=[port["id"]]) != links_before  # relabelled with the name
+    world.cloud.update("ports", port["id"], name="half-way")
+    world.assert_like_a_fresh_scan()
+
+
+def test_abandoned_batches_leave_nothing(world: World, other: SqliteStore) -> None:
+    trusting(world)
+    port = compute_ports(world.cloud)[0]
+    name = other.get_object(ENV, port["id"])["name"]
+    assert world.dispatcher.handle(port_event(port, name="never-acked")).result
+    world.dispatcher.abandon()  # the broker connection was lost: the message comes back
+    assert other.get_object(ENV, port["id"])["name"] == name
+    assert other.upsert_objects(ENV, [dict(other.get_object(ENV, port["id"]), name="free-again")]) == 1
