@@ -5,7 +5,11 @@
 For each map size a ``FakeCloud`` of about that many objects is served over HTTP by a child process
 and scanned into a fresh SQLite store. A real ``Listener`` (in this process, batched acks) then feeds
 ``port.update.end`` and ``compute.instance.update`` notifications, published on RabbitMQ, to the real
-``Dispatcher(MapUpdater(store, box, env))``, exactly as ``stackmap-event-manager`` builds it:
+``Dispatcher(MapUpdater(store, box, env), batched=True)``, exactly as ``stackmap-event-manager``
+builds it. Every event announces a real change, as in a busy cloud: a port's payload carries a new
+revision with its status flipped, and every API read of a port or a server finds it changed again
+(``ChangingServer``), so each event writes its object, relinks it and rebuilds cliques.
+``--no-change`` publishes duplicates instead (the map already holds what they say):
 
 - burst: ``--burst`` events are queued while the listener is stopped, then drained: events/s with
   batched acks, and the listener thread's CPU time per event;
@@ -79,12 +83,51 @@ def real_handlers() -> str | None:
 # --------------------------------------------------------------------------------------------------
 # the fake cloud, in its own process
 
-def _serve(size: CloudSize, conn: Pipe, samples: int, latency_ms: float = 0.0) -> None:
+class ChangingServer(ShowingServer):
+    """Once events start, every read of one port or server finds it changed since the previous read,
+    as in a busy cloud where each notification announces a real change: a port's status flips and its
+    revision goes up; a server is stopped or started. So handlers that re-read the API do real work
+    (without it they would find every object as the map has it, and write nothing)."""
+
+    changing = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._reads: dict[str, int] = {}
+        self._reads_lock = threading.Lock()
+
+    def _route(self, method: str, path: str, query: list[tuple[str, str]], headers: dict[str, str],
+               body: bytes) -> tuple[int, Any, dict[str, str]]:
+        status, answer, extra = super()._route(method, path, query, headers, body)
+        if self.changing and isinstance(answer, dict) and len(answer) == 1:
+            key, item = next(iter(answer.items()))
+            if key in ("port", "server") and isinstance(item, dict):
+                with self._reads_lock:
+                    n = self._reads[item["id"]] = self._reads.get(item["id"], 0) + 1
+                answer = {key: changed_port(item, n) if key == "port" else changed_server(item, n)}
+        return status, answer, extra
+
+
+def changed_port(port: dict[str, Any], n: int) -> dict[str, Any]:
+    """The port after its ``n``-th change: status flipped ``n`` times, revision up by ``n``."""
+    flip = {"ACTIVE": "DOWN", "DOWN": "ACTIVE"}
+    status = port.get("status", "ACTIVE")
+    return dict(port, revision_number=int(port.get("revision_number", 0)) + n,
+                status=flip.get(status, "DOWN") if n % 2 else status)
+
+
+def changed_server(server: dict[str, Any], n: int) -> dict[str, Any]:
+    if n % 2 == 0:
+        return server
+    return dict(server, status="SHUTOFF", **{"OS-EXT-STS:vm_state": "stopped", "OS-EXT-STS:power_state": 4})
+
+
+def _serve(size: CloudSize, conn: Pipe, samples: int, latency_ms: float = 0.0, change: bool = True) -> None:
     # FakeCloudServer writes headers and body in two sends: with Nagle on, every keep-alive response
     # waits ~40 ms for a delayed ACK, an artefact no real API shows. (Set in this child process only.)
     fakecloud._Handler.disable_nagle_algorithm = True
     cloud = FakeCloud(size)
-    with ShowingServer(cloud, max_limit=1000) as server:
+    with ChangingServer(cloud, max_limit=1000) as server:
         server.latency_s = 0.0  # the scan that builds the map is not what is measured
         ports = [p for p in cloud.items("ports") if str(p.get("device_owner", "")).startswith("compute:")]
         servers = [s for s in cloud.items("servers") if s.get("OS-EXT-SRV-ATTR:host")]
@@ -92,14 +135,15 @@ def _serve(size: CloudSize, conn: Pipe, samples: int, latency_ms: float = 0.0) -
                    "ports": ports[:samples], "servers": servers[:samples]})
         if conn.recv() == "go":  # the map is built: events start
             server.latency_s = latency_ms / 1000
+            server.changing = change
             conn.recv()  # "stop"
 
 
 @contextmanager
-def fake_cloud(objects: int, samples: int, latency_ms: float = 0.0) -> Iterator[dict[str, Any]]:
+def fake_cloud(objects: int, samples: int, latency_ms: float = 0.0, change: bool = True) -> Iterator[dict[str, Any]]:
     ctx = mp.get_context("fork")  # nothing is threaded yet: the child inherits the imports
     parent, child = ctx.Pipe()
-    process = ctx.Process(target=_serve, args=(CloudSize.for_objects(objects), child, samples, latency_ms),
+    process = ctx.Process(target=_serve, args=(CloudSize.for_objects(objects), child, samples, latency_ms, change),
                           daemon=True)
     process.start()
     try:
@@ -120,11 +164,12 @@ def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
-def event_body(kind: str, item: dict[str, Any], seq: int) -> bytes:
-    """An oslo.messaging v2 notification, stamped with the time it is built (= published)."""
+def event_body(kind: str, item: dict[str, Any], seq: int, change: int = 0) -> bytes:
+    """An oslo.messaging v2 notification, stamped with the time it is built (= published). A port's
+    payload is the port after its ``change``-th change (0: as it was scanned, a duplicate)."""
     payload: dict[str, Any]
     if kind == "port":
-        event_type, payload = "port.update.end", {"port": dict(item, name=f"{item.get('name') or 'port'}")}
+        event_type, payload = "port.update.end", {"port": changed_port(item, change)}
         publisher = "network.controller"
     else:
         event_type = "compute.instance.update"
@@ -148,7 +193,7 @@ def event_items(ports: list[dict[str, Any]], servers: list[dict[str, Any]]) -> l
 
 
 def publish(exchange: str, items: list[tuple[str, dict[str, Any]]], count: int, start: int = 0,
-            rate: float | None = None) -> None:
+            rate: float | None = None, change: bool = True) -> None:
     """Publish ``count`` events (cycling over ``items``), paced at ``rate``/s when given; confirmed at the end."""
     with kombu.Connection(BROKER) as conn:
         ch = conn.channel()
@@ -160,14 +205,15 @@ def publish(exchange: str, items: list[tuple[str, dict[str, Any]]], count: int, 
                 if delay > 0:
                     time.sleep(delay)
             kind, item = items[(start + n) % len(items)]
-            ch.basic_publish(amqp.Message(event_body(kind, item, start + n), content_type="application/json",
+            changes = 1 + (start + n) // len(items) if change else 0  # the item's changes so far, this one included
+            ch.basic_publish(amqp.Message(event_body(kind, item, start + n, changes), content_type="application/json",
                                           delivery_mode=2), exchange=exchange, routing_key=ROUTING_KEY)
         ch.basic_publish_confirm(amqp.Message(b"{}"), exchange="", routing_key="")
 
 
 def _publisher_process(exchange: str, items: list[tuple[str, dict[str, Any]]], count: int, start: int,
-                       rate: float) -> None:
-    publish(exchange, items, count, start, rate)
+                       rate: float, change: bool) -> None:
+    publish(exchange, items, count, start, rate, change)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -192,6 +238,16 @@ class BenchSink:
         start = getattr(self.inner, "read_ahead", None)
         if callable(start):
             start(notification)
+
+    def flush(self) -> None:
+        flush = getattr(self.inner, "flush", None)
+        if callable(flush):
+            flush()
+
+    def abandon(self) -> None:
+        abandon = getattr(self.inner, "abandon", None)
+        if callable(abandon):
+            abandon()
 
 
 class StandInSink:
@@ -301,9 +357,9 @@ def measure(label: str, environment: str, exchange: str, make_sink: Callable[[],
     figures = Figures(label, objects)
     sink = make_sink()
     with Run(environment, sink, options) as warm:  # declares the queue and bindings; warms caches
-        publish(exchange, items, args.warmup, start=0)
+        publish(exchange, items, args.warmup, start=0, change=args.change)
         warm.wait(args.warmup, 120)
-    publish(exchange, items, args.burst, start=args.warmup)  # queued while nobody listens
+    publish(exchange, items, args.burst, start=args.warmup, change=args.change)  # queued while nobody listens
     started = time.perf_counter()
     with Run(environment, sink, options) as burst:
         ended = burst.wait(args.burst, args.timeout)
@@ -326,7 +382,7 @@ def measure(label: str, environment: str, exchange: str, make_sink: Callable[[],
     with Run(environment, sink, options) as steady:
         ctx = mp.get_context("spawn")
         publisher = ctx.Process(target=_publisher_process,
-                                args=(exchange, items, count, args.warmup + args.burst, rate))
+                                args=(exchange, items, count, args.warmup + args.burst, rate, args.change))
         publisher.start()
         publisher.join(args.seconds + 60)
         steady.wait(count, args.timeout)
@@ -377,7 +433,7 @@ def bench_size(objects: int, args: argparse.Namespace, options: EventManagerSett
     exchange = f"stackmap-bench.{environment}"
     try:
         with tempfile.TemporaryDirectory(prefix="event-bench-") as tmp, \
-                fake_cloud(objects, args.samples, args.api_latency_ms) as cloud:
+                fake_cloud(objects, args.samples, args.api_latency_ms, args.change) as cloud:
             url = f"sqlite:///{tmp}/bench.db"
             store = open_listener_store(url, options.store_busy_timeout_s)
             box = SecretBox(Path(tmp) / "key")
@@ -391,7 +447,8 @@ def bench_size(objects: int, args: argparse.Namespace, options: EventManagerSett
             counted = sum(summary.objects_by_type.values())
             print(f"\n  (map of {counted:,} objects scanned in {time.perf_counter() - began:.1f} s, {summary.status})")
             cloud["go"]()
-            items = event_items(cloud["ports"], cloud["servers"])
+            items = event_items(cloud["ports"] if "port" in args.kinds else [],
+                                cloud["servers"] if "instance" in args.kinds else [])
 
             def make_sink() -> EventSink:
                 if why_not is None:
@@ -402,7 +459,7 @@ def bench_size(objects: int, args: argparse.Namespace, options: EventManagerSett
                     opts = load_settings().event_manager  # STACKMAP_EVENT_MANAGER__TRUST_PAYLOADS=true...
                     updater = MapUpdater(store, box, environment, trust_payloads=opts.trust_payloads,
                                          read_ahead_threads=0 if args.no_read_ahead else opts.read_ahead_threads)
-                    return BenchSink(Dispatcher(updater), exchange)
+                    return BenchSink(Dispatcher(updater, batched=True), exchange)
                 stand_in = StandInSink(store, environment)
                 return BenchSink(stand_in, exchange)
 
@@ -428,6 +485,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=200)
     parser.add_argument("--api-latency-ms", type=float, default=0.0,
                         help="added to every API answer while events are handled (a remote cloud's round trip)")
+    parser.add_argument("--kinds", nargs="+", choices=("port", "instance"), default=["port", "instance"],
+                        help="which events to publish (port.update.end, compute.instance.update)")
+    parser.add_argument("--no-change", dest="change", action="store_false",
+                        help="events announce no change (duplicates): the map already holds what they say")
     parser.add_argument("--no-read-ahead", action="store_true", help="handlers read the API one event at a time")
     args = parser.parse_args(argv)
     configure_logging("WARNING", "console")
