@@ -47,6 +47,7 @@ TOMBSTONE_SECONDS = 600.0
 READ_AHEAD_THREADS = 16
 READ_AHEAD_TTL_S = 30.0  # a read not taken by then is older than we want to trust
 READ_AHEAD_MAX = 20_000
+REGION_TTL_S = 60.0
 # ("show", kind, id, region) or ("list", resource, region, sorted filter params)
 Read = tuple[Any, ...]
 _NOT_READ = object()
@@ -143,6 +144,7 @@ class MapUpdater:
         self._adapter = adapter
         self._client: OpenStackClient | None = None
         self._tombstones: dict[str, float] = {}
+        self._default_region: tuple[float, str] | None = None
         self._lock = threading.Lock()
         self._clique_setup: tuple[dict[str, Doc], dict[str, list[str]]] | None = None
         self._pool: ThreadPoolExecutor | None = None
@@ -176,8 +178,13 @@ class MapUpdater:
         section = self.env.section("OpenStack")
         if section is not None and section.region:
             return str(section.region)
-        regions = self.store.find_objects(self.environment, type="region", limit=1)
-        return regions[0]["id"] if regions else "RegionOne"
+        # the map's first region: asked of the store at most every REGION_TTL_S, not at every read
+        now = time.monotonic()
+        cached = self._default_region
+        if cached is None or now - cached[0] > REGION_TTL_S:
+            regions = self.store.find_objects(self.environment, type="region", limit=1)
+            cached = self._default_region = (now, regions[0]["id"] if regions else "RegionOne")
+        return cached[1]
 
     # -- reading ahead: API reads of waiting events, made concurrently ---------------------------------
     def read_ahead(self, reads: Iterable[Read]) -> None:

@@ -138,9 +138,13 @@ class Dispatcher:
         if store is None or self._batch is not None:
             return
         batch = store.transaction()
-        batch.__enter__()  # StoreUnavailable when the store is busy or gone: the event is held
+        atomic = batch.__enter__()
         self._batch = batch
-        self.updater.begin_batch()
+        if atomic:
+            # Cliques wait for the flush only where the batch commits as a whole: elsewhere a crash
+            # before the flush would leave the events' writes without the cliques they alter, and
+            # their redelivery finds nothing left to change.
+            self.updater.begin_batch()
 
     def flush(self) -> None:
         """Rebuild the cliques the batch altered, write its messages and commit; raises
