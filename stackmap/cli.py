@@ -324,6 +324,7 @@ def messages(app: App, environment: str, level: str | None, limit: int, as_json:
 
 def _register_commands() -> None:
     """Commands living in their own modules attach themselves to ``cli`` when imported."""
+    import stackmap.cli_host_keys
     import stackmap.cli_monitoring
     import stackmap.cli_scan  # noqa: F401
     from stackmap import cli_scans  # noqa: F401

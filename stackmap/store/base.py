@@ -257,6 +257,10 @@ class Store(abc.ABC):
         recorded document, so that of two scans meeting a new host at once both check the same key."""
 
     @abc.abstractmethod
+    def list_host_keys(self, environment: str) -> list[Doc]:
+        """An environment's pinned keys, by host."""
+
+    @abc.abstractmethod
     def remove_host_key(self, environment: str, host: str) -> bool:
         """Forget a pinned key (the host was legitimately re-keyed); False if none was recorded."""
 

@@ -761,6 +761,10 @@ class MongoStore(Store):
                 raw = self._db[HOST_KEYS].find_one(query)
         return _from_db(raw)
 
+    def list_host_keys(self, environment: str) -> list[Doc]:
+        with self._op():
+            return self._docs(self._db[HOST_KEYS].find({"environment": environment}).sort("host", ASCENDING))
+
     def remove_host_key(self, environment: str, host: str) -> bool:
         with self._op():
             return self._db[HOST_KEYS].delete_one({"environment": environment, "host": host}).deleted_count > 0

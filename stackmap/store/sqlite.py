@@ -768,6 +768,9 @@ class SqliteStore(Store):
                               (doc["environment"], doc["host"])).fetchone()
         return loads(row[0])
 
+    def list_host_keys(self, environment: str) -> list[Doc]:
+        return self._docs("SELECT doc FROM host_keys WHERE environment = ? ORDER BY host", (environment,))
+
     def remove_host_key(self, environment: str, host: str) -> bool:
         with self._write() as cur:
             cur.execute("DELETE FROM host_keys WHERE environment = ? AND host = ?", (environment, host))

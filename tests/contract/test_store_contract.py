@@ -475,6 +475,9 @@ def test_host_keys_are_pinned_on_first_use_only(store: Store) -> None:
     # per environment and per host
     assert store.pin_host_key(host_key("10.0.0.5", "AAAAother", "other"))["key"] == "AAAAother"
     assert store.pin_host_key(host_key("[10.0.0.5]:2222", "AAAAport"))["key"] == "AAAAport"
+    assert [(k["host"], k["key"]) for k in store.list_host_keys(ENV)] == [
+        ("10.0.0.5", "AAAAfirst"), ("[10.0.0.5]:2222", "AAAAport")]
+    assert store.list_host_keys("nowhere") == []
     with pytest.raises(ValueError):
         store.pin_host_key({"environment": ENV, "host": "h"})
     assert store.remove_host_key(ENV, "10.0.0.5")

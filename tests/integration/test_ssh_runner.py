@@ -221,7 +221,7 @@ def test_known_hosts_accepts_listed_keys_and_refuses_others(
     offered = fingerprint(load_private_key(other_key.read_text()))
     assert facts["rekeyed"].error == (
         f"host key mismatch for {rekeyed.ip}: expected {expected}, host offered {offered}; refusing to connect "
-        "(if the host was re-keyed, remove its pinned or known_hosts entry)")
+        "(if the host was re-keyed: stackmap host-keys forget ENV HOST, or edit known_hosts)")
     assert known.read_text() == bed.known_hosts_text([listed, rekeyed])  # never written to
     assert store.get_host_key(ENV, unlisted.ip) is None
 

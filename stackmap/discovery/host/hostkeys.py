@@ -65,7 +65,7 @@ class _PinOnFirstUse(paramiko.MissingHostKeyPolicy):
 
 def mismatch_message(hostname: str, expected: str, offered: str) -> str:
     return (f"host key mismatch for {hostname}: expected {expected}, host offered {offered}; refusing to connect "
-            "(if the host was re-keyed, remove its pinned or known_hosts entry)")
+            "(if the host was re-keyed: stackmap host-keys forget ENV HOST, or edit known_hosts)")
 
 
 class HostKeyVerifier:
