@@ -136,6 +136,9 @@ class MysqlSection(_Section):
     nova_db: str = "nova"
     nova_api_db: str = Field("nova_api", description="nova's API database (host aggregates live there)")
     region: str | None = Field(None, description="the region whose databases these are, when there are several")
+    connect_timeout_s: float = Field(5.0, gt=0, description="to open the TCP connection")
+    read_timeout_s: float = Field(60.0, gt=0, description="for the server's greeting, and for each answer")
+    attempts: int = Field(3, ge=1, le=10, description="tries when the connection, not the query, fails")
     secret_fields: ClassVar[tuple[str, ...]] = ("pwd",)
 
 

@@ -242,6 +242,28 @@ def test_unreachable_raises_for_direct_readers(tmp_path: Path) -> None:
         reader.query("SELECT 1")
 
 
+def test_the_mysql_sections_timeout_and_attempts_bound_a_silent_server(tmp_path: Path) -> None:
+    """A server that takes the connection and never greets (a hung mysqld): the section's own read
+    timeout (which bounds the greeting too) and attempts decide how long a scan waits for it, not the
+    60 s x 3 defaults."""
+    import socket
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # the kernel completes the TCP handshake; nobody ever speaks MySQL
+    try:
+        section = MysqlSection(name="mysql", host="127.0.0.1", port=str(silent.getsockname()[1]), user="stackmap",
+                               connect_timeout_s=0.5, read_timeout_s=0.5, attempts=2)
+        reader = MysqlReader(section, SecretBox(tmp_path / "key"), retry_wait_max_s=0.1)
+        began = time.monotonic()
+        with pytest.raises(DbUnavailable, match="cannot connect"):
+            reader.query("SELECT 1")
+        waited = time.monotonic() - began
+        assert 0.9 <= waited < 3.0  # two attempts of 0.5 s (and a short wait between them)
+    finally:
+        silent.close()
+
+
 def test_a_select_only_user_reads_everything(openstack_dbs: OpenStackDbs, tmp_path: Path) -> None:
     """The grants the README names are enough (and the layer needs no more than SELECT)."""
     dbs = openstack_dbs

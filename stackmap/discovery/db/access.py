@@ -69,16 +69,18 @@ def _is_connection_error(exc: BaseException) -> bool:
 class MysqlReader:
     """One lazily opened, read-only connection to the server of an environment's mysql section."""
 
-    def __init__(self, section: MysqlSection, box: SecretBox, *, connect_timeout_s: float = 5.0,
-                 read_timeout_s: float = 60.0, attempts: int = 3, retry_wait_max_s: float = 4.0) -> None:
+    def __init__(self, section: MysqlSection, box: SecretBox, *, connect_timeout_s: float | None = None,
+                 read_timeout_s: float | None = None, attempts: int | None = None,
+                 retry_wait_max_s: float = 4.0) -> None:
+        """Timeouts and attempts come from the environment's mysql section unless given here."""
         self.host = section.host
         self.port = int(section.port)
         self.user = section.user
         self._section = section
         self._box = box
-        self._connect_timeout = connect_timeout_s
-        self._read_timeout = read_timeout_s
-        self._attempts = max(1, attempts)
+        self._connect_timeout = connect_timeout_s or section.connect_timeout_s
+        self._read_timeout = read_timeout_s or section.read_timeout_s
+        self._attempts = max(1, attempts or section.attempts)
         self._wait_max = retry_wait_max_s
         self._conn: pymysql.connections.Connection[Any] | None = None
         self.unavailable: str | None = None  # set once the server could not be reached: later queries fail fast
