@@ -4,7 +4,6 @@ through the real entry point and a real SQLite store, so that a re-keyed host is
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import paramiko
 import pytest
@@ -12,15 +11,7 @@ import pytest
 from stackmap.discovery.host.hostkeys import HostKeyRefused, _PinOnFirstUse, fingerprint
 from stackmap.settings import load_settings
 from stackmap.store import open_store
-from tests.unit.test_cli_scans import ENV_YAML, run
-
-
-@pytest.fixture
-def lab(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    env_file = tmp_path / "lab.yaml"
-    env_file.write_text(ENV_YAML)
-    code, _out, err = run(capsys, "env", "add", str(env_file))
-    assert code == 0, err
+from tests.unit.test_cli_scans import lab, run  # noqa: F401 - lab: the environment fixture
 
 
 def meet(host: str, key: paramiko.PKey) -> None:
@@ -32,7 +23,8 @@ def meet(host: str, key: paramiko.PKey) -> None:
         store.close()
 
 
-def test_a_re_keyed_host_is_refused_until_its_pin_is_forgotten(lab: None, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.usefixtures("lab")
+def test_a_re_keyed_host_is_refused_until_its_pin_is_forgotten(capsys: pytest.CaptureFixture[str]) -> None:
     old, new = paramiko.RSAKey.generate(1024), paramiko.RSAKey.generate(1024)
     meet("10.0.0.5", old)
     meet("[10.0.0.6]:2222", new)
@@ -53,7 +45,8 @@ def test_a_re_keyed_host_is_refused_until_its_pin_is_forgotten(lab: None, capsys
     assert {k["host"]: k["fingerprint"] for k in json.loads(out)}["10.0.0.5"] == fingerprint(new)
 
 
-def test_forgetting_what_is_not_pinned_fails_clearly(lab: None, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.usefixtures("lab")
+def test_forgetting_what_is_not_pinned_fails_clearly(capsys: pytest.CaptureFixture[str]) -> None:
     code, _out, err = run(capsys, "host-keys", "forget", "lab", "10.9.9.9")
     assert code != 0 and "no host key is pinned for 10.9.9.9 in environment lab" in err
     code, _out, err = run(capsys, "host-keys", "list", "nowhere")

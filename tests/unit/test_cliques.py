@@ -24,6 +24,7 @@ from stackmap.discovery.links import StoreLookup, find_links, load_link_finders
 from stackmap.errors import ConfigError
 from stackmap.model import Clique
 from stackmap.store import Store, open_store
+from tests.store_calls import record_calls
 from tests.unit.test_links import ENV, all_links, cloud
 
 Doc = dict[str, Any]
@@ -258,14 +259,7 @@ def test_store_and_memory_graphs_give_identical_cliques(store: Store, monkeypatc
     chosen, constraints = defaults()
     focal = [d for d in store.find_objects(ENV) if d["type"] in chosen]
 
-    calls: list[dict[str, Any]] = []
-    real = store.find_links
-
-    def counting(environment: str, **kw: Any) -> list[Doc]:
-        calls.append(kw)
-        return real(environment, **kw)
-
-    monkeypatch.setattr(store, "find_links", counting)
+    calls = record_calls(monkeypatch, store, "find_links")
     from_store = build_cliques(ENV, focal, chosen, constraints, StoreGraph(store, ENV))
     from_memory = build_cliques(ENV, focal, chosen, constraints, MemoryGraph(links))
     assert len(from_store) == len(focal) == 10  # 2 hosts, 3 networks, 1 router, 3 instances, 1 LB

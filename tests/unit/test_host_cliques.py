@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -21,6 +20,7 @@ from stackmap.discovery.cliques import (
 from stackmap.discovery.links import MemoryLookup, StoreLookup, find_links, load_link_finders
 from stackmap.model import Clique
 from stackmap.store import Store, open_store
+from tests.store_calls import record_calls
 from tests.unit.host_layer import ENV, Doc, cloud, lxb_host, networks, ovs_host, sid
 
 OVS_ENV: Doc = {"name": ENV, "environment_type": "OpenStack", "mechanism_drivers": ["OVS"],
@@ -213,14 +213,7 @@ def test_directed_walk_queries_stay_bounded(sqlite: Store, monkeypatch: pytest.M
     scan_into(sqlite, docs, OVS_ENV)
     chosen = select_clique_types(OVS_ENV, sqlite.list_clique_types(ENV))
     focal = sqlite.find_objects(ENV, ids=["vm-0", "net-a", sid("ovs-0", "tapp0-aa")])
-    calls: list[dict[str, Any]] = []
-    real = sqlite.find_links
-
-    def counting(environment: str, **kw: Any) -> list[Doc]:
-        calls.append(kw)
-        return real(environment, **kw)
-
-    monkeypatch.setattr(sqlite, "find_links", counting)
+    calls = record_calls(monkeypatch, sqlite, "find_links")
     cliques = build_cliques(ENV, focal, chosen, constraints_by_focal_type(sqlite.list_clique_constraints()),
                             StoreGraph(sqlite, ENV))
     assert len(cliques) == 3
@@ -241,14 +234,7 @@ def test_cliques_walked_together_equal_cliques_walked_alone(sqlite: Store, monke
     focal = [d for d in sqlite.find_objects(ENV) if d["type"] in chosen]
     assert len({f["type"] for f in focal}) >= 6 and len(focal) >= 30
     alone = build_cliques(ENV, focal, chosen, constraints, MemoryGraph(sqlite.find_links(ENV)))
-    calls: list[dict[str, Any]] = []
-    real = sqlite.find_links
-
-    def counting(environment: str, **kw: Any) -> list[Doc]:
-        calls.append(kw)
-        return real(environment, **kw)
-
-    monkeypatch.setattr(sqlite, "find_links", counting)
+    calls = record_calls(monkeypatch, sqlite, "find_links")
     together = build_cliques(ENV, focal, chosen, constraints, StoreGraph(sqlite, ENV))
     assert [(c["focal_point"], c["nodes"], c["links"]) for c in together] == \
         [(c["focal_point"], c["nodes"], c["links"]) for c in alone]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -15,6 +14,7 @@ from stackmap.environments import add_environment
 from stackmap.model import EnvironmentConfig
 from stackmap.secrets import SecretBox
 from stackmap.store import Store, open_store
+from tests.store_calls import record_calls
 from tests.unit.host_layer import ENV, Doc, cloud, hobj, port, sid
 
 OH, LH = "ovs-1", "lxb-1"
@@ -96,14 +96,7 @@ def test_a_port_bound_to_a_host_links_its_tunnel_pnic_to_the_network(updater: Ma
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     store = updater.store
     assert ("host_pnic-network", sid(LH, "eth0"), "net-b") not in link_states(store)
-    calls: list[dict[str, Any]] = []
-    real = store.find_objects
-
-    def counting(environment: str, **kw: Any) -> list[Doc]:
-        calls.append(kw)
-        return real(environment, **kw)
-
-    monkeypatch.setattr(store, "find_objects", counting)
+    calls = record_calls(monkeypatch, store, "find_objects")
     updater.store.upsert_objects(ENV, [port("pb", "net-b", LH, "compute:nova", "vm2")])
     updater.relink(Change(upserted=[port("pb", "net-b", LH, "compute:nova", "vm2")]))
     monkeypatch.undo()

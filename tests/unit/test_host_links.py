@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
 from stackmap.discovery.host.links import HOST_FINDER_CLASSES
@@ -17,6 +15,7 @@ from stackmap.discovery.links import (
 )
 from stackmap.model import Link
 from stackmap.store import Store
+from tests.store_calls import record_calls
 from tests.unit.host_layer import ENV, Doc, cloud, lxb_host, networks, ovs_host, sid
 
 HOST_LINK_TYPES = [
@@ -194,14 +193,7 @@ def _queries_per_finder(store: Store, monkeypatch: pytest.MonkeyPatch, hosts: in
     store.upsert_objects(ENV, docs)
     holders = store.find_objects(ENV)
     lookup = StoreLookup(store, ENV)
-    calls: list[dict[str, Any]] = []
-    real = store.find_objects
-
-    def counting(environment: str, **kw: Any) -> list[Doc]:
-        calls.append(kw)
-        return real(environment, **kw)
-
-    monkeypatch.setattr(store, "find_objects", counting)
+    calls = record_calls(monkeypatch, store, "find_objects")
     counts = {}
     for finder in host_finders():
         before = len(calls)
