@@ -239,6 +239,10 @@ class BenchSink:
         if callable(start):
             start(notification)
 
+    def will_wait(self, notification: Notification) -> bool:
+        will_wait = getattr(self.inner, "will_wait", None)
+        return bool(will_wait(notification)) if callable(will_wait) else False
+
     def flush(self) -> None:
         flush = getattr(self.inner, "flush", None)
         if callable(flush):

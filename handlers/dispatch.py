@@ -177,17 +177,24 @@ class Dispatcher:
         """Undo the open batch (its messages will not be acknowledged, so they come back)."""
         self._abandon(StackmapError("batch abandoned"))
 
-    def _commit_before_waiting(self, handler: EventBase, notification: Notification) -> None:
-        """Commit the batch so far when this event is going to wait for the API (its reads were not
-        read ahead, or have not come back): a batch holds the store's write lock from its first
-        write, and the scan manager and the monitor handler must not wait on a slow cloud."""
-        if self._batch is None:
-            return
+    def will_wait(self, notification: Notification) -> bool:
+        """Whether handling this event will wait for the API (its reads were not read ahead, or have
+        not come back yet). The listener settles its batch before such an event, so the events
+        before it are committed and acknowledged instead of waiting with it."""
+        handler = self.table.get(notification.event_type)
+        if handler is None:
+            return False
         try:
-            if self.updater.reads_ready(handler.reads(notification)):
-                return
+            return not self.updater.reads_ready(handler.reads(notification))
         except Exception:  # a payload too broken to name its reads: its handler will say why
-            pass
+            return False
+
+    def _commit_before_waiting(self, handler: EventBase, notification: Notification) -> None:
+        """Commit the batch so far when this event is going to wait for the API: a batch holds the
+        store's write lock from its first write, and the scan manager and the monitor handler must
+        not wait on a slow cloud. (The listener settles its batch before such events already.)"""
+        if self._batch is None or not self.will_wait(notification):
+            return
         try:
             self.flush()
         except StoreError as exc:

@@ -101,8 +101,10 @@ class EventSink(Protocol):
     writes could not be committed. Such a sink may hold the store's write lock until the flush: the
     listener settles a batch once it is ``batch_size`` long or ``batch_max_delay_ms`` old. An optional
     ``abandon()`` drops the writes of a batch that will not be acknowledged (the broker connection was
-    lost: the broker redelivers those messages). An optional ``event_types()`` names the event types it handles
-    (used only to keep metric labels bounded; a ``table`` dict attribute serves too). An optional
+    lost: the broker redelivers those messages). An optional ``will_wait(notification)`` says that
+    handling it will wait (for the API): the listener settles the batch before it. An optional
+    ``event_types()`` names the event types it handles (used only to keep metric labels bounded; a
+    ``table`` dict attribute serves too). An optional
     ``coalesce_key(notification)`` returns a key when handling a *later* notification with the same
     key makes handling this one pointless (both re-read the same object): of the deliveries waiting
     together, only the last one per key is handled, the others are acknowledged as ``coalesced``. An
@@ -388,6 +390,8 @@ class Listener:
         self._flush = _sink_flush(sink)
         abandon = getattr(sink, "abandon", None)
         self._abandon: Callable[[], Any] | None = abandon if callable(abandon) else None
+        will_wait = getattr(sink, "will_wait", None)
+        self._will_wait: Callable[[Notification], bool] | None = will_wait if callable(will_wait) else None
         key_of = getattr(sink, "coalesce_key", None)
         self._coalesce_key: Callable[[Notification], Hashable | None] | None = key_of if callable(key_of) else None
         self._latest: dict[Hashable, _Delivery] = {}
@@ -676,6 +680,8 @@ class Listener:
             until = now + 0.5
             while self._inbox and not self.stopping:
                 delivery = self._inbox[0]
+                if self._done and self._waits(delivery):
+                    self._complete()  # the events before it are committed and acked, not kept waiting
                 if not self._decide(delivery):
                     self._enter_outage()
                     break
@@ -696,6 +702,15 @@ class Listener:
         if self._done and (idle or self._outage_until > now or len(self._done) >= self.options.batch_size
                            or now - self._batch_started >= self.options.batch_max_delay_ms / 1000):
             self._complete()
+
+    def _waits(self, d: _Delivery) -> bool:
+        if self._will_wait is None or d.notification is None:
+            return False
+        try:
+            return bool(self._will_wait(d.notification))
+        except Exception as exc:  # an optimisation: without it the batch is settled a little later
+            log.warning("will_wait failed", environment=self.environment, error=f"{type(exc).__name__}: {exc}")
+            return False
 
     def _decide(self, d: _Delivery) -> bool:
         """Handle one delivery and decide its fate; False when the store is unavailable (hold it)."""

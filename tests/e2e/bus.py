@@ -49,6 +49,9 @@ class _Recording:
     def flush(self) -> None:
         self.dispatcher.flush()
 
+    def will_wait(self, notification: Notification) -> bool:
+        return bool(self.dispatcher.will_wait(notification))
+
     def abandon(self) -> None:
         self.dispatcher.abandon()
 

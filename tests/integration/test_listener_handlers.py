@@ -57,6 +57,9 @@ class OnTestExchanges:
     def flush(self) -> None:
         self.dispatcher.flush()
 
+    def will_wait(self, n: Notification) -> bool:
+        return self.dispatcher.will_wait(n)
+
     def abandon(self) -> None:
         self.dispatcher.abandon()
 
@@ -203,3 +206,44 @@ def test_a_store_locked_mid_stream_delays_the_batches_and_loses_nothing(
     assert drain_queue(QueueNames.for_environment(listener_env).dead) == []
     assert [world.store.get_object(ENV, p["id"])["name"] for p in ports] == [f"round-3-{i}" for i in range(10)]
     world.assert_like_a_fresh_scan()
+
+
+class WaitingSink:
+    """Records the listener's calls; events whose payload says ``wait`` will wait for the API."""
+
+    def __init__(self, exchanges: list[str]) -> None:
+        self.exchanges = exchanges
+        self.calls: list[str] = []
+        self.table = {"test.thing.update.end": None}
+
+    def bindings(self) -> list[tuple[str, str]]:
+        return [(exchange, "notifications.*") for exchange in self.exchanges]
+
+    def will_wait(self, n: Notification) -> bool:
+        return bool(n.data.get("wait"))
+
+    def handle(self, n: Notification) -> Any:
+        from handlers.base import EventResult
+
+        self.calls.append(str(n.message_id))
+        return EventResult.done("handled")
+
+    def flush(self) -> None:
+        self.calls.append("flush")
+
+
+def test_the_batch_before_an_event_that_will_wait_is_settled_first(listener_env: str, tmp_path: Path) -> None:
+    require_broker()
+    store = SqliteStore(f"sqlite:///{tmp_path}/m.db")
+    sink = WaitingSink(exchanges_for(listener_env))
+    with running_listener(listener_env, store, options(), sink=sink):
+        pass  # declares the queue and its bindings
+    pub = Publisher(exchanges_for(listener_env)[1])
+    for mid, wait in (("a", False), ("b", False), ("w", True), ("d", False)):
+        pub.publish(oslo_body("test.thing.update.end", {"wait": wait}, mid))  # queued: they arrive together
+    pub.close()
+    committed = Committed()
+    with running_listener(listener_env, store, options(), sink=sink, on_committed=committed):
+        wait_for(lambda: committed.count() == 4, 20, "the four events")
+    store.close()
+    assert sink.calls == ["a", "b", "flush", "w", "d", "flush"]
