@@ -579,8 +579,15 @@ class SqliteStore(Store):
                 gone = _idlist(set(focal_points) | {row[1] for row in clique_rows})
                 cur.execute(f"DELETE FROM cliques WHERE environment = ? AND focal_point IN {_IDS}",
                             (environment, gone))
-                cur.execute(f"DELETE FROM clique_nodes WHERE environment = ? AND focal_point IN {_IDS}",
-                            (environment, gone))
+                # A rebuilt clique mostly has the nodes it had (and a patched one exactly those): only
+                # the node rows that differ are written, each a random place in a large index.
+                had = set(cur.execute(
+                    f"SELECT environment, node_id, focal_point FROM clique_nodes WHERE environment = ? "
+                    f"AND focal_point IN {_IDS}", (environment, gone)).fetchall())
+                wanted = set(node_rows)
+                cur.executemany("DELETE FROM clique_nodes WHERE environment = ? AND node_id = ? AND focal_point = ?",
+                                sorted(had - wanted))
+                node_rows = sorted(wanted - had)
             cur.executemany("INSERT INTO cliques (environment, focal_point, doc) VALUES (?, ?, ?)", clique_rows)
             cur.executemany(
                 "INSERT OR IGNORE INTO clique_nodes (environment, node_id, focal_point) VALUES (?, ?, ?)", node_rows

@@ -10,6 +10,7 @@ says what an operator must check, never the password.
 from __future__ import annotations
 
 import builtins
+import os
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -59,6 +60,21 @@ def auth_url_of(section: OpenStackSection) -> str:
     return f"{scheme}://{section.host}:{section.port}/v3"
 
 
+# What requests takes from the environment when ``trust_env`` is on: proxies (and their exceptions),
+# a CA bundle, and credentials from .netrc.
+_REQUESTS_ENVIRONMENT = ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "requests_ca_bundle",
+                         "curl_ca_bundle", "netrc")
+
+
+def settle_environment(session: requests.Session) -> None:
+    """Stop requests from reading the process environment again at every request when nothing in
+    it concerns requests: that lookup (every variable, twice) cost ~0.7 ms of each ~1.1 ms API read
+    an event handler makes. With any proxy, CA bundle or netrc variable set, requests keeps honouring
+    them as it always does."""
+    if not any(name.lower() in _REQUESTS_ENVIRONMENT for name in os.environ):
+        session.trust_env = False
+
+
 class OpenStackClient:
     """One authenticated session for a whole scan, shared by per-region connections and threads."""
 
@@ -101,6 +117,7 @@ class OpenStackClient:
             sess = ks_session.Session(auth=auth, verify=verify, timeout=self._timeout,
                                       session=requests.Session())
         mount(sess.session, self.adapter)
+        settle_environment(sess.session)
         return sess
 
     @property
