@@ -220,48 +220,14 @@ def _publisher_process(exchange: str, items: list[tuple[str, dict[str, Any]]], c
 # sinks
 
 
-class BenchSink:
-    """The real sink, bound to the bench's own exchange instead of nova/neutron."""
-
-    def __init__(self, inner: EventSink, exchange: str) -> None:
-        self.inner = inner
-        self.exchange = exchange
-        self.table = getattr(inner, "table", {})
-
-    def bindings(self) -> list[tuple[str, str]]:
-        return [(self.exchange, "notifications.*")]
-
-    def handle(self, notification: Notification) -> EventResult:
-        return self.inner.handle(notification)
-
-    def read_ahead(self, notification: Notification) -> None:
-        start = getattr(self.inner, "read_ahead", None)
-        if callable(start):
-            start(notification)
-
-    def will_wait(self, notification: Notification) -> bool:
-        will_wait = getattr(self.inner, "will_wait", None)
-        return bool(will_wait(notification)) if callable(will_wait) else False
-
-    def flush(self) -> None:
-        flush = getattr(self.inner, "flush", None)
-        if callable(flush):
-            flush()
-
-    def abandon(self) -> None:
-        abandon = getattr(self.inner, "abandon", None)
-        if callable(abandon):
-            abandon()
-
-
 class StandInSink:
     """Used only when the handlers cannot be built: one read and one write per event."""
 
-    def __init__(self, store: Store, environment: str) -> None:
-        self.store, self.environment = store, environment
+    def __init__(self, store: Store, environment: str, exchange: str) -> None:
+        self.store, self.environment, self.exchange = store, environment, exchange
 
     def bindings(self) -> list[tuple[str, str]]:
-        return []
+        return [(self.exchange, "notifications.*")]
 
     def handle(self, n: Notification) -> EventResult:
         data = n.data
@@ -457,15 +423,15 @@ def bench_size(objects: int, args: argparse.Namespace, options: EventManagerSett
             def make_sink() -> EventSink:
                 if why_not is None:
                     from handlers.apply import MapUpdater
-                    from handlers.dispatch import Dispatcher
+                    from handlers.dispatch import Dispatcher, load_events_config
                     from stackmap.settings import load_settings
 
                     opts = load_settings().event_manager  # STACKMAP_EVENT_MANAGER__TRUST_PAYLOADS=true...
                     updater = MapUpdater(store, box, environment, trust_payloads=opts.trust_payloads,
                                          read_ahead_threads=0 if args.no_read_ahead else opts.read_ahead_threads)
-                    return BenchSink(Dispatcher(updater, batched=True), exchange)
-                stand_in = StandInSink(store, environment)
-                return BenchSink(stand_in, exchange)
+                    # as the daemon builds it, on the bench's own exchange instead of nova's and neutron's
+                    return Dispatcher(updater, load_events_config().bound_to([exchange]), batched=True)
+                return StandInSink(store, environment, exchange)
 
             label = "real Dispatcher(MapUpdater)" if why_not is None else "STAND-IN sink (handlers missing)"
             figures = measure(label, environment, exchange, make_sink, items, args, options, counted)

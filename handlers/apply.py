@@ -500,17 +500,15 @@ class MapUpdater:
         if change.links_gone:
             candidates.update((c["focal_point"], c) for c in self.store.find_cliques(
                 self.environment, holding=sorted({key[1:] for key in change.links_gone})))
-        if candidates:
-            for clique in candidates.values():
-                if clique["focal_point"] in focal_ids:
-                    continue
-                clique_type = chosen.get(str(clique.get("focal_point_type")))
-                # only new links with an end in the clique can extend it (a batch brings many others)
-                members = {*(clique.get("nodes") or ()), clique["focal_point"]}
-                near = {id(lk): lk for node in by_end.keys() & members
-                        for lk in by_end[node]}
-                if clique_type is None or clique_affected(clique, clique_type, near.values(), gone_ids):
-                    focal_ids.add(clique["focal_point"])
+        for clique in candidates.values():
+            if clique["focal_point"] in focal_ids:
+                continue
+            clique_type = chosen.get(str(clique.get("focal_point_type")))
+            # only new links with an end in the clique can extend it (a batch brings many others)
+            members = {*(clique.get("nodes") or ()), clique["focal_point"]}
+            near = {id(lk): lk for node in by_end.keys() & members for lk in by_end[node]}
+            if clique_type is None or clique_affected(clique, clique_type, near.values(), gone_ids):
+                focal_ids.add(clique["focal_point"])
         focal_ids -= set(change.deleted)
         self._patch_cliques(change, focal_ids)
         if not focal_ids:

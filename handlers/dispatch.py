@@ -41,6 +41,12 @@ class EventsConfig(BaseModel):
     bindings: list[Binding]
     event_handlers: dict[str, str]
 
+    def bound_to(self, exchanges: list[str], routing_key: str = "notifications.*") -> EventsConfig:
+        """The same handlers listening on other exchanges (a test's or a bench's own, where the
+        broker may also serve a real cloud's nova and neutron)."""
+        return self.model_copy(update={"bindings": [Binding(exchange=e, routing_keys=[routing_key])
+                                                    for e in exchanges]})
+
 
 def handler_classes() -> dict[str, type[EventBase]]:
     found: dict[str, type[EventBase]] = {}

@@ -142,11 +142,14 @@ def load_sink_factory(spec: str) -> SinkFactory:
     return factory
 
 
+def _optional(sink: Any, name: str) -> Callable[..., Any] | None:
+    """One of the sink's optional methods (see ``EventSink``), or None when it has none."""
+    method = getattr(sink, name, None)
+    return method if callable(method) else None
+
+
 def _sink_flush(sink: EventSink) -> Callable[[], Any] | None:
-    flush = getattr(sink, "flush", None)
-    if flush is None:
-        flush = getattr(getattr(sink, "updater", None), "flush", None)
-    return flush if callable(flush) else None
+    return _optional(sink, "flush") or _optional(getattr(sink, "updater", None), "flush")
 
 
 def _sink_event_types(sink: EventSink) -> frozenset[str]:
@@ -388,15 +391,11 @@ class Listener:
         self.names = QueueNames.for_environment(environment)
         self.bindings = sorted(set(sink.bindings()))
         self._flush = _sink_flush(sink)
-        abandon = getattr(sink, "abandon", None)
-        self._abandon: Callable[[], Any] | None = abandon if callable(abandon) else None
-        will_wait = getattr(sink, "will_wait", None)
-        self._will_wait: Callable[[Notification], bool] | None = will_wait if callable(will_wait) else None
-        key_of = getattr(sink, "coalesce_key", None)
-        self._coalesce_key: Callable[[Notification], Hashable | None] | None = key_of if callable(key_of) else None
+        self._abandon: Callable[[], Any] | None = _optional(sink, "abandon")
+        self._will_wait: Callable[[Notification], bool] | None = _optional(sink, "will_wait")
+        self._coalesce_key: Callable[[Notification], Hashable | None] | None = _optional(sink, "coalesce_key")
         self._latest: dict[Hashable, _Delivery] = {}
-        start = getattr(sink, "read_ahead", None)
-        self._read_ahead: Callable[[Notification], None] | None = start if callable(start) else None
+        self._read_ahead: Callable[[Notification], None] | None = _optional(sink, "read_ahead")
         self._known = _sink_event_types(sink)
         self._stop = threading.Event()
         self._inbox: deque[_Delivery] = deque()
@@ -693,15 +692,18 @@ class Listener:
                 self._done.append(delivery)
                 now = time.monotonic()
                 # a batch's writes may hold the store's write lock until it is settled (see EventSink):
-                # settled as soon as it is full or old enough, even in the middle of a busy turn
-                if len(self._done) >= self.options.batch_size or \
-                        now - self._batch_started >= self.options.batch_max_delay_ms / 1000:
+                # settled as soon as it is due, even in the middle of a busy turn
+                if self._batch_due(now):
                     self._complete()
                 if now >= until:
                     break
-        if self._done and (idle or self._outage_until > now or len(self._done) >= self.options.batch_size
-                           or now - self._batch_started >= self.options.batch_max_delay_ms / 1000):
+        if self._done and (idle or self._outage_until > now or self._batch_due(now)):
             self._complete()
+
+    def _batch_due(self, now: float) -> bool:
+        """The batch is full, or old enough to be settled."""
+        return len(self._done) >= self.options.batch_size or \
+            now - self._batch_started >= self.options.batch_max_delay_ms / 1000
 
     def _waits(self, d: _Delivery) -> bool:
         if self._will_wait is None or d.notification is None:

@@ -19,7 +19,7 @@ from prometheus_client import REGISTRY
 
 from daemons.event_manager.listener import QueueNames
 from handlers.apply import MapUpdater
-from handlers.dispatch import Dispatcher
+from handlers.dispatch import Dispatcher, load_events_config
 from handlers.envelope import Notification
 from stackmap.logging import configure_logging
 from stackmap.settings import EventManagerSettings
@@ -41,33 +41,9 @@ from tests.integration.test_event_listener import LOCKER
 from tests.integration.test_handlers_fakecloud import ENV, SIZE, World, compute_ports
 
 
-class OnTestExchanges:
-    """The dispatcher, bound to this test's own exchanges instead of nova's and neutron's."""
-
-    def __init__(self, dispatcher: Dispatcher, exchanges: list[str]) -> None:
-        self.dispatcher, self.exchanges = dispatcher, exchanges
-        self.table = dispatcher.table
-
-    def bindings(self) -> list[tuple[str, str]]:
-        return [(exchange, "notifications.*") for exchange in self.exchanges]
-
-    def handle(self, n: Notification) -> Any:
-        return self.dispatcher.handle(n)
-
-    def flush(self) -> None:
-        self.dispatcher.flush()
-
-    def will_wait(self, n: Notification) -> bool:
-        return self.dispatcher.will_wait(n)
-
-    def abandon(self) -> None:
-        self.dispatcher.abandon()
-
-    def coalesce_key(self, n: Notification) -> Any:
-        return self.dispatcher.coalesce_key(n)
-
-    def read_ahead(self, n: Notification) -> None:
-        self.dispatcher.read_ahead(n)
+def on_test_exchanges(updater: MapUpdater, listener_env: str) -> Dispatcher:
+    """The dispatcher as the daemon builds it, bound to this test's own exchanges."""
+    return Dispatcher(updater, load_events_config().bound_to(exchanges_for(listener_env)), batched=True)
 
 
 @pytest.fixture(autouse=True)
@@ -124,12 +100,12 @@ def options() -> EventManagerSettings:
 def test_a_stream_of_changes_through_the_listener_leaves_the_map_like_a_fresh_scan(
         world: World, listener_env: str) -> None:
     cloud = world.cloud
-    dispatcher = Dispatcher(MapUpdater(world.store, world.box, ENV), batched=True)  # API re-reads, read ahead
+    dispatcher = on_test_exchanges(MapUpdater(world.store, world.box, ENV), listener_env)  # API re-reads, read ahead
     committed = Committed()
     pub = Publisher(exchanges_for(listener_env)[1])
     published = 0
-    with running_listener(listener_env, world.store, options(), sink=OnTestExchanges(
-            dispatcher, exchanges_for(listener_env)), on_committed=committed) as listener:
+    with running_listener(listener_env, world.store, options(), sink=dispatcher,
+                          on_committed=committed) as listener:
         ports = compute_ports(cloud)
         assert len(ports) > 8
         for i, port in enumerate(ports[:8]):
@@ -166,7 +142,7 @@ def test_a_store_locked_mid_stream_delays_the_batches_and_loses_nothing(
     # the listener's own connection, with a short busy timeout as the daemon opens it
     store = SqliteStore(world.store.url, busy_timeout_s=0.3)
     updater = MapUpdater(store, world.box, ENV, trust_payloads=True)  # payloads: whole batches, no API
-    dispatcher = Dispatcher(updater, batched=True)
+    dispatcher = on_test_exchanges(updater, listener_env)
     committed = Committed()
     pub = Publisher(exchanges_for(listener_env)[1])
     ports = compute_ports(cloud)[:10]
@@ -177,8 +153,8 @@ def test_a_store_locked_mid_stream_delays_the_batches_and_loses_nothing(
             pub.publish(oslo_body("port.update.end", {"port": current(cloud, port["id"])}, f"r{round_}-{i}"))
 
     try:
-        with running_listener(listener_env, store, options(), sink=OnTestExchanges(
-                dispatcher, exchanges_for(listener_env)), on_committed=committed) as listener:
+        with running_listener(listener_env, store, options(), sink=dispatcher,
+                              on_committed=committed) as listener:
             change_all(0)
             wait_for(lambda: committed.count() == 10, 30, "the first round")
             locker = subprocess.Popen([sys.executable, "-c", LOCKER, str(store.path), "4"], stdout=subprocess.PIPE,
