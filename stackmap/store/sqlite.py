@@ -147,17 +147,12 @@ class SqliteStore(Store):
         try:
             if not lazy:
                 self._begin(cur)
-        except BaseException:
-            del self._frames[depth:]
-            cur.close()
-            raise
-        try:
-            yield cur
-        except BaseException:
-            if self._frames[depth]:
-                self._undo(cur, depth)
-            raise
-        else:
+            try:
+                yield cur
+            except BaseException:
+                if self._frames[depth]:
+                    self._undo(cur, depth)
+                raise
             if self._frames[depth]:
                 self._done(cur, depth)
         finally:

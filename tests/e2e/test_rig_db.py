@@ -49,10 +49,7 @@ def aggregate(conn: Any) -> Iterator[Any]:
 def env(tmp_path: Path) -> Iterator[tuple[Store, SecretBox]]:
     store = open_store(f"sqlite:///{tmp_path / 'e2e.db'}")
     box = SecretBox(tmp_path / "key")
-    add_environment(store, box, EnvironmentConfig.model_validate({
-        "name": "rig", "distribution": "Stock", "distribution_version": "Zed",
-        "configuration": [{"name": "OpenStack", "auth_url": topology.RIG_AUTH["auth_url"], "user": "admin",
-                           "pwd": "secret", "project": "admin"}, MYSQL]}))
+    add_environment(store, box, EnvironmentConfig.model_validate(topology.rig_environment(MYSQL)))
     yield store, box
     store.close()
 

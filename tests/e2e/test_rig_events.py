@@ -23,14 +23,11 @@ from tests.e2e.bus import BusTap
 from tests.e2e.mapdiff import differences
 
 pytestmark = pytest.mark.e2e
-ENV = {"name": "rig", "distribution": "Stock", "distribution_version": "Zed",
-       "configuration": [{"name": "OpenStack", "auth_url": topology.RIG_AUTH["auth_url"], "user": "admin",
-                          "pwd": "secret", "project": "admin"}]}
 
 
 def new_map(path: Path, box: SecretBox) -> Store:
     store = open_store(f"sqlite:///{path}")
-    add_environment(store, box, EnvironmentConfig.model_validate(ENV))
+    add_environment(store, box, EnvironmentConfig.model_validate(topology.rig_environment()))
     return store
 
 

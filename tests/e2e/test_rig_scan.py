@@ -41,11 +41,7 @@ def topo(conn: Any) -> Iterator[topology.Topology]:
 def env(tmp_path: Path) -> Iterator[tuple[Store, SecretBox]]:
     store = open_store(f"sqlite:///{tmp_path / 'e2e.db'}")
     box = SecretBox(tmp_path / "key")
-    add_environment(store, box, EnvironmentConfig.model_validate({
-        "name": "rig", "distribution": "Stock", "distribution_version": "Zed",
-        "configuration": [{"name": "OpenStack", **{k: v for k, v in {
-            "auth_url": topology.RIG_AUTH["auth_url"], "user": "admin", "pwd": "secret", "project": "admin",
-        }.items()}}]}))
+    add_environment(store, box, EnvironmentConfig.model_validate(topology.rig_environment()))
     yield store, box
     store.close()
 

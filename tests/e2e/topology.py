@@ -18,6 +18,13 @@ RIG_AUTH = {
 }
 
 
+def rig_environment(*sections: dict[str, Any]) -> dict[str, Any]:
+    """The rig as a stackmap environment (named ``rig``), with any further configuration sections."""
+    return {"name": "rig", "distribution": "Stock", "distribution_version": "Zed",
+            "configuration": [{"name": "OpenStack", "auth_url": RIG_AUTH["auth_url"], "user": "admin",
+                               "pwd": "secret", "project": "admin"}, *sections]}
+
+
 def connect() -> openstack.connection.Connection:
     return openstack.connect(auth=RIG_AUTH, region_name="RegionOne", interface="public", identity_api_version="3")
 

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client import REGISTRY
 
 from daemons.event_manager.listener import QueueNames
 from handlers.apply import MapUpdater
@@ -37,7 +36,7 @@ from tests.integration.event_helpers import (
     running_listener,
     wait_for,
 )
-from tests.integration.test_event_listener import LOCKER
+from tests.integration.test_event_listener import LOCKER, sample
 from tests.integration.test_handlers_fakecloud import ENV, SIZE, World, compute_ports
 
 
@@ -88,8 +87,7 @@ def current(cloud: FakeCloud, port_id: str) -> dict[str, Any]:
 
 
 def handled(env: str, event_type: str) -> float:
-    return REGISTRY.get_sample_value("stackmap_events_handled_total", {
-        "environment": env, "event_type": event_type, "result": "handled"}) or 0.0
+    return sample("stackmap_events_handled_total", env, event_type=event_type, result="handled")
 
 
 def options() -> EventManagerSettings:
@@ -164,8 +162,7 @@ def test_a_store_locked_mid_stream_delays_the_batches_and_loses_nothing(
                 locked_at = time.monotonic()
                 for round_ in (1, 2, 3):
                     change_all(round_)
-                wait_for(lambda: (REGISTRY.get_sample_value("stackmap_event_store_unavailable_total",
-                                                            {"environment": listener_env}) or 0) >= 1,
+                wait_for(lambda: sample("stackmap_event_store_unavailable_total", listener_env) >= 1,
                          10, "the listener to find the store locked")
                 assert committed.count() == 10  # nothing acked while nothing could be committed
                 assert locker.wait(30) == 0 and time.monotonic() - locked_at >= 3.5
