@@ -7,7 +7,7 @@ says whether the walk was complete, and the scan decides what to store and what 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -62,9 +62,9 @@ class Engine:
             self._fetchers[name] = Fetcher.registry[name]()
         return self._fetchers[name]
 
-    def resources_needed(self, start: str = ROOT_SCANNER, only_type: str | None = None) -> list[Resource]:
-        """Every collection the walk from ``start`` may read, so they can be fetched concurrently up front."""
-        found: dict[str, Resource] = {}
+    def entries_from(self, start: str = ROOT_SCANNER, descend: bool = True) -> Iterator[ScannerEntry]:
+        """The entries of ``start`` that apply to this environment and, with ``descend``, those of
+        every scanner below them (each scanner once)."""
         seen: set[str] = set()
         todo = [start]
         while todo:
@@ -73,13 +73,19 @@ class Engine:
                 continue
             seen.add(scanner)
             for entry in self._entries(scanner):
-                if only_type is not None and entry.type != only_type:
-                    continue
-                if isinstance(entry.fetcher, str):
-                    for res in self.fetcher(entry.fetcher).resources:
-                        found[res.name] = res
-                if entry.children_scanner and only_type is None:
+                yield entry
+                if descend and entry.children_scanner:
                     todo.append(entry.children_scanner)
+
+    def resources_needed(self, start: str = ROOT_SCANNER, only_type: str | None = None) -> list[Resource]:
+        """Every collection the walk from ``start`` may read, so they can be fetched concurrently up front."""
+        found: dict[str, Resource] = {}
+        for entry in self.entries_from(start, descend=only_type is None):
+            if only_type is not None and entry.type != only_type:
+                continue
+            if isinstance(entry.fetcher, str):
+                for res in self.fetcher(entry.fetcher).resources:
+                    found[res.name] = res
         return list(found.values())
 
     def placement(self, object_type: str) -> tuple[str, list[str]] | None:

@@ -7,7 +7,7 @@ import pytest
 from stackmap.discovery.api.fetchers import FetchContext, Fetcher
 from stackmap.discovery.api.resources import ResourceCache
 from stackmap.discovery.engine import Engine
-from stackmap.discovery.scanners import ROOT_SCANNER, load_scanners
+from stackmap.discovery.scanners import load_scanners
 
 LXB_ONLY = {"CliOtepsLxb"}
 OVS_ONLY = {"CliVedgesOvs", "CliOtepsOvs"}
@@ -18,17 +18,7 @@ EVERY_CLOUD = {"CliHostPnics", "CliVservices", "CliVserviceVnics", "CliVconnecto
 def fetchers_run(drivers: list[str]) -> set[str]:
     ctx = FetchContext("e", ResourceCache(None, []), {"mechanism_drivers": drivers})  # type: ignore[arg-type]
     engine = Engine(load_scanners(), ctx)
-    found, todo, seen = set(), [ROOT_SCANNER], set()
-    while todo:
-        scanner = todo.pop()
-        if scanner in seen:
-            continue
-        seen.add(scanner)
-        for entry in engine._entries(scanner):
-            if isinstance(entry.fetcher, str):
-                found.add(entry.fetcher)
-            if entry.children_scanner:
-                todo.append(entry.children_scanner)
+    found = {entry.fetcher for entry in engine.entries_from() if isinstance(entry.fetcher, str)}
     return {name for name in found if Fetcher.registry[name].__module__.endswith(".host.fetchers")}
 
 
