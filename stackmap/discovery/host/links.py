@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from ipaddress import ip_interface
-from typing import Any
+from typing import Any, TypeGuard
 
 from stackmap.discovery.links import FINDER_CLASSES, LinkFinder, Lookup, link_state
 from stackmap.model import stable_id
@@ -61,7 +61,8 @@ def _sid(host: Any, *parts: Any) -> str | None:
         return None
 
 
-def _of_type(doc: Mapping[str, Any] | None, type_: str) -> bool:
+def _of_type(doc: Doc | None, type_: str) -> TypeGuard[Doc]:
+    """A looked-up object that exists and is of the type a link end needs (narrows ``doc`` to a Doc)."""
     return doc is not None and doc.get("type") == type_
 
 
@@ -116,7 +117,6 @@ class InstanceVnicFinder(LinkFinder):
             inst = found.get(inst_id)
             if not _of_type(inst, self.source_type):
                 continue
-            assert inst is not None
             links.append(self.link(environment, inst, vnic, link_name=vnic.get("mac_address") or vnic["local_name"],
                                    attributes=_net_attributes(_network_of(vnic, found), port_id=vnic.get("port_id")),
                                    host=_str(vnic.get("host"))))
@@ -140,7 +140,6 @@ class VserviceVnicFinder(LinkFinder):
             service = services.get(service_id)
             if not _of_type(service, self.source_type):
                 continue
-            assert service is not None
             links.append(self.link(environment, service, vnic, link_name=vnic.get("local_name") or vnic["id"],
                                    attributes=_net_attributes(_network_of(vnic, {})), host=_str(vnic.get("host"))))
         return links
@@ -162,7 +161,6 @@ class VnicVconnectorFinder(LinkFinder):
             bridge = found.get(bridge_id)
             if not _of_type(bridge, self.target_type):
                 continue  # an OVS "master" (ovs-system) or a bridge not scanned
-            assert bridge is not None
             links.append(self.link(environment, vnic, bridge, link_name=vnic.get("mac_address") or vnic["local_name"],
                                    attributes=_net_attributes(_network_of(vnic, found)),
                                    host=_str(vnic.get("host"))))
@@ -285,7 +283,6 @@ class VconnectorHostPnicFinder(LinkFinder):
             pnic = pnics.get(pnic_id)
             if not _of_type(pnic, self.target_type) or (bridge["id"], pnic_id) in links:
                 continue
-            assert pnic is not None
             links[(bridge["id"], pnic_id)] = self.link(
                 environment, bridge, pnic, link_name=member,
                 attributes=_net_attributes(None, interface=member, vlan=vlan), host=_str(bridge.get("host")))
@@ -312,7 +309,6 @@ class VedgeHostPnicFinder(LinkFinder):
             pnic = pnics.get(pnic_id)
             if not _of_type(pnic, self.target_type):
                 continue  # a bridge's own internal port, or a device that is not a pNIC
-            assert pnic is not None
             links.append(self.link(
                 environment, vedge, pnic, link_name=name, state=link_state(vedge, pnic, port),
                 attributes=_net_attributes(None, port=name, bridge=port.get("bridge"), vlan=port.get("tag")),
@@ -337,7 +333,6 @@ class VedgeOtepFinder(LinkFinder):
             vedge = vedges.get(vedge_id)
             if not _of_type(vedge, self.source_type):
                 continue
-            assert vedge is not None
             links.append(self.link(
                 environment, vedge, otep, link_name=f"{otep.get('overlay_type') or 'tunnel'}-{otep.get('ip_address')}",
                 attributes=_net_attributes(None, overlay_type=otep.get("overlay_type"),
@@ -368,7 +363,6 @@ class OtepVconnectorFinder(LinkFinder):
             bridge = bridges.get(bridge_id)
             if not _of_type(bridge, self.target_type):
                 continue
-            assert bridge is not None
             links.append(self.link(environment, otep, bridge, link_name=otep.get("local_name") or bridge["local_name"],
                                    attributes=_net_attributes(None, overlay_type=otep.get("overlay_type")),
                                    host=_str(otep.get("host"))))
