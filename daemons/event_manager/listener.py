@@ -11,7 +11,9 @@ Why it looks the way it does (Calipso's listener is the counter-example, see cal
 - **Ack after commit, in batches.** Messages are handled as they arrive (the handlers commit their
   writes, or buffer them for a ``flush()`` the listener calls), and acknowledged together with one
   ``basic.ack(multiple=True)`` once per ``batch_size`` messages or ``batch_max_delay_ms``, or when the
-  stream pauses. A crash before the ack means redelivery, and handlers are idempotent.
+  stream pauses. While a backlog waits behind the batch, it may grow for ``batch_backlog_delay_ms``:
+  those messages are late already, and the per-batch costs (commit, clique rebuilds, ack) shared by
+  more events drain the backlog sooner. A crash before the ack means redelivery, and handlers are idempotent.
 - **One place decides a message's fate.** The sink returns an ``EventResult``; only this module
   turns it into ack, retry or dead letter. ``retry`` republishes a copy carrying
   ``x-stackmap-attempt`` + 1 to ``<queue>.retry`` (which holds it for a growing delay and then
@@ -99,7 +101,8 @@ class EventSink(Protocol):
     writes are committed when it returns, unless the sink also has a ``flush()`` method: then the
     listener calls ``flush()`` before acknowledging a batch, and ``flush`` raises ``StoreError`` if the
     writes could not be committed. Such a sink may hold the store's write lock until the flush: the
-    listener settles a batch once it is ``batch_size`` long or ``batch_max_delay_ms`` old. An optional
+    listener settles a batch once it is ``batch_size`` long or ``batch_max_delay_ms`` old (with a backlog
+    waiting, ``batch_backlog_delay_ms``). An optional
     ``abandon()`` drops the writes of a batch that will not be acknowledged (the broker connection was
     lost: the broker redelivers those messages). An optional ``will_wait(notification)`` says that
     handling it will wait (for the API): the listener settles the batch before it. An optional
@@ -701,9 +704,13 @@ class Listener:
             self._complete()
 
     def _batch_due(self, now: float) -> bool:
-        """The batch is full, or old enough to be settled."""
-        return len(self._done) >= self.options.batch_size or \
-            now - self._batch_started >= self.options.batch_max_delay_ms / 1000
+        """The batch is full, or old enough to be settled (older when a backlog is waiting behind it)."""
+        if len(self._done) >= self.options.batch_size:
+            return True
+        limit_ms = self.options.batch_max_delay_ms
+        if self._inbox:
+            limit_ms = max(limit_ms, self.options.batch_backlog_delay_ms)
+        return now - self._batch_started >= limit_ms / 1000
 
     def _waits(self, d: _Delivery) -> bool:
         if self._will_wait is None or d.notification is None:

@@ -278,6 +278,29 @@ def test_a_backlog_with_slow_handlers_is_worked_through_without_idling(
     assert time.monotonic() - started < 6
 
 
+def test_a_backlog_is_settled_in_larger_batches_than_a_trickle(
+        env_name: str, sqlite_store: Store, db: Path, options: EventManagerSettings) -> None:
+    # 60 x 5 ms of handling queued before the listener starts: 10 ms alone would settle a batch every
+    # two events, but with more waiting behind it a batch may grow for batch_backlog_delay_ms
+    opts = options.model_copy(update={"batch_size": 30, "batch_max_delay_ms": 10, "batch_backlog_delay_ms": 5000})
+    with running_listener(env_name, sqlite_store, opts):
+        pass
+    publisher(env_name).publish_many(
+        oslo_body("test.thing.update.end", {"sleep_ms": 5}, f"m-{i}") for i in range(60))
+    batches: list[int] = []
+    with running_listener(env_name, sqlite_store, opts, on_committed=lambda items: batches.append(len(items))):
+        wait_for(lambda: sum(batches) == 60, 30, "the backlog")
+    assert len(handled_ids(db, env_name)) == 60
+    assert max(batches) >= 15 and len(batches) <= 12, batches
+    # and once the backlog is gone, a lone event is settled within batch_max_delay_ms, not the backlog's
+    batches.clear()
+    with running_listener(env_name, sqlite_store, opts, on_committed=lambda items: batches.append(len(items))):
+        started = time.monotonic()
+        publisher(env_name).publish(oslo_body("test.thing.update.end", {}, "lone"), "lone")
+        wait_for(lambda: batches == [1], 10, "the lone event")
+        assert time.monotonic() - started < 2.5
+
+
 def test_broker_from_the_environments_amqp_section(env_name: str, db: Path) -> None:
     settings = load_settings(store_url=f"sqlite:///{db}")
     settings.event_manager = settings.event_manager.model_copy(update={"heartbeat_s": 10})
