@@ -37,11 +37,14 @@ from stackmap.discovery.links import LinkFinder, StoreLookup, find_links, load_l
 from stackmap.discovery.scanners import ScannersConfig, load_scanners
 from stackmap.environments import load_environment
 from stackmap.errors import StackmapError
+from stackmap.logging import get_logger
 from stackmap.model import EnvironmentConfig, link_id
 from stackmap.secrets import SecretBox
 from stackmap.store import Store
 from stackmap.store.base import MONITOR_FIELDS, MONITOR_STATUS
 from stackmap.store.codec import dumps, loads
+
+log = get_logger("stackmap.events")
 
 TOMBSTONE_SECONDS = 600.0
 READ_AHEAD_THREADS = 16
@@ -117,10 +120,13 @@ class Change:
     links_written: int = 0
     links_deleted: int = 0
     cliques_rebuilt: int = 0
+    deferred: bool = False  # links and cliques are redone when the batch is committed (``begin_batch``)
 
     def describe(self) -> str:
-        return (f"{len(self.upserted)} object(s) refreshed ({self.written} written), {len(self.deleted)} deleted, "
-                f"links +{self.links_written}/-{self.links_deleted}, {self.cliques_rebuilt} clique(s) rebuilt")
+        done = f"{len(self.upserted)} object(s) refreshed ({self.written} written), {len(self.deleted)} deleted, "
+        if self.deferred:
+            return done + "links and cliques redone at the batch's commit"
+        return done + f"links +{self.links_written}/-{self.links_deleted}, {self.cliques_rebuilt} clique(s) rebuilt"
 
 
 class MissingParent(StackmapError):
@@ -153,9 +159,13 @@ class MapUpdater:
         # Set by the dispatcher: whether the event being handled commits all-or-nothing (then an
         # object it finds unchanged has its links as its last committed change left them).
         self.atomic = False
-        # While a batch is open, what its events did to the cliques, rebuilt once by flush_cliques().
+        # While a batch is open, what its events did to the cliques, redone once by flush_batch().
         self._pending: Change | None = None
         self._pending_touched: set[str] = set()
+        # ...and the objects whose links, and the instances whose ports, it recomputes at the flush
+        self._relink_later: dict[str, None] = {}
+        self._renamed_later: set[str] = set()
+        self._instances_later: dict[str, None] = {}
         for finder in self.finders:
             for holder in finder.holder_types:
                 self._held.setdefault(holder, set()).add(finder.link_type)
@@ -361,7 +371,8 @@ class MapUpdater:
     # -- links and cliques -------------------------------------------------------------------------
     def relink(self, change: Change, extra_holders: Iterable[Doc] = ()) -> None:
         """Recompute the links held by the changed objects; write only those that are new or differ,
-        drop the ones they no longer hold, and note both in ``change`` for ``reclique``."""
+        drop the ones they no longer hold, and note both in ``change`` for ``reclique``.
+        Inside a batch (``begin_batch``) this only notes the objects: ``flush_batch`` relinks them."""
         holders = {h["id"]: h for h in [*change.upserted, *extra_holders]}
         if not holders:
             return
@@ -370,6 +381,14 @@ class MapUpdater:
             # links: they are still what relinking would write. (Without atomic events a retry of an
             # event whose first try died between object and links would find nothing to do here.)
             return
+        if self._pending is not None:
+            change.deferred = True
+            self._relink_later.update(dict.fromkeys(holders))
+            self._renamed_later.update(change.renamed)
+            return
+        self._relink_now(change, holders)
+
+    def _relink_now(self, change: Change, holders: dict[str, Doc]) -> None:
         lookup = StoreLookup(self.store, self.environment)
         fresh = find_links(self.environment, list(holders.values()), lookup, self.finders)
         if change.renamed:
@@ -437,7 +456,7 @@ class MapUpdater:
         """Rebuild only the cliques a change can alter: the own clique of a new focal object (or one
         whose constraint fields moved), those that included a link that went away or changed, those
         a new link can extend (``clique_affected``), and every clique containing a ``touched`` id.
-        Inside a batch (``begin_batch``) this only notes the change: ``flush_cliques`` rebuilds."""
+        Inside a batch (``begin_batch``) this only notes the change: ``flush_batch`` rebuilds."""
         if self._pending is not None:
             self._note(change, touched)
             return
@@ -445,7 +464,12 @@ class MapUpdater:
 
     # -- batches: cliques rebuilt once for all the events of a batch ----------------------------------
     def begin_batch(self) -> None:
-        """From now on, note what events do to cliques instead of rebuilding them at each event.
+        """From now on, note what events do to links and cliques instead of redoing them at each event.
+
+        Links: the objects each event wrote are noted, and relinked together at the flush from the
+        state the batch leaves, which is what relinking them one event at a time ends in (each
+        relink reads the store as it is then, and the last one of an object wins). Where a handler
+        reads links in the middle of a batch it asks ``find_links``, which relinks what is noted first.
 
         Why it is the same map: the cliques to rebuild are found, at the flush, from the clique table
         as it was before the batch. A clique that an event of the batch extended is reached from a
@@ -466,8 +490,47 @@ class MapUpdater:
         pending.deleted.extend(change.deleted)
         self._pending_touched.update(t for t in touched if t)
 
-    def flush_cliques(self) -> int:
-        """Rebuild the cliques the batch's events altered; returns how many were rebuilt."""
+    def flush_batch(self) -> int:
+        """Relink the objects the batch's events changed, re-derive the instances whose ports they
+        changed, and rebuild the cliques all that altered; returns how many cliques were rebuilt."""
+        if self._pending is None:
+            return 0
+        self._relink_noted(keep=False)
+        instances, self._instances_later = list(self._instances_later), {}
+        for instance_id in instances:
+            again = Change()
+            try:
+                self._rederive_instance(instance_id, again)
+            except MissingParent as exc:  # its host went away in this batch: the instance with it
+                log.info("instance not re-derived from its ports", instance=instance_id, reason=str(exc))
+                continue
+            if again.written:
+                self._relink_later.update(dict.fromkeys(o["id"] for o in again.upserted))
+            self._note(again, ())
+        self._relink_noted(keep=False)
+        return self._flush_cliques()
+
+    def _relink_noted(self, keep: bool) -> None:
+        """Relink the objects noted by the batch's events. ``keep``: in the middle of an event, whose
+        savepoint may yet be rolled back with these writes: the flush relinks them again then."""
+        ids, renamed = list(self._relink_later), sorted(self._renamed_later)
+        if not keep:
+            self._relink_later, self._renamed_later = {}, set()
+        if not ids:
+            return
+        holders = {o["id"]: o for o in self.store.find_objects(self.environment, ids=ids)}  # gone ones: skipped
+        change = Change(renamed=[r for r in renamed if r in holders])
+        self._relink_now(change, holders)
+        self._note(change, ())
+
+    def find_links(self, **filters: Any) -> list[Doc]:
+        """The environment's links as the events handled so far leave them (relinking what a batch
+        has noted first): what a handler that reads links must ask."""
+        if self._pending is not None and self._relink_later:
+            self._relink_noted(keep=True)
+        return self.store.find_links(self.environment, **filters)
+
+    def _flush_cliques(self) -> int:
         pending, touched = self._pending, self._pending_touched
         self._pending, self._pending_touched = None, set()
         if pending is None:
@@ -480,6 +543,7 @@ class MapUpdater:
     def discard_batch(self) -> None:
         """The batch's writes were rolled back: its events will be handled again and noted again."""
         self._pending, self._pending_touched = None, set()
+        self._relink_later, self._renamed_later, self._instances_later = {}, set(), {}
 
     def _reclique_now(self, change: Change, touched: set[str]) -> None:
         chosen, constraints = self._cliques()
@@ -572,13 +636,20 @@ class MapUpdater:
 
     def instance_ports(self, instance_id: str) -> list[Doc]:
         """The stored ports of an instance, found through its instance-port links (indexed)."""
-        ids = [lk["target_id"] for lk in self.store.find_links(self.environment, link_type="instance-port",
-                                                                source_id=instance_id)]
+        ids = [lk["target_id"] for lk in self.find_links(link_type="instance-port", source_id=instance_id)]
         return self.store.find_objects(self.environment, ids=ids) if ids else []
 
     def refresh_instance_ports(self, instance_id: str, change: Change, add: Doc | None = None,
                                drop: str | None = None) -> None:
-        """Re-derive a stored instance from its ports (network, addresses) after one of them changed."""
+        """Re-derive a stored instance from its ports (network, addresses) after one of them changed.
+        Inside a batch, once at the flush, from its ports as the batch leaves them."""
+        if self._pending is not None:
+            self._instances_later[instance_id] = None
+            return
+        self._rederive_instance(instance_id, change, add, drop)
+
+    def _rederive_instance(self, instance_id: str, change: Change, add: Doc | None = None,
+                           drop: str | None = None) -> None:
         stored = self.stored(instance_id)
         if stored is None or stored.get("type") != "instance":
             return

@@ -165,12 +165,12 @@ class Dispatcher:
         messages, self._messages = self._messages, []
         try:
             try:
-                self.updater.flush_cliques()
+                self.updater.flush_batch()
             except StoreError:
                 raise
-            except Exception as exc:  # a clique bug must not cost the batch's object and link updates
-                log.error("rebuilding the batch's cliques failed", error=f"{type(exc).__name__}: {exc}",
-                          exc_info=True)
+            except Exception as exc:  # a link or clique bug must not cost the batch's object updates
+                log.error("relinking the batch's objects or rebuilding its cliques failed",
+                          error=f"{type(exc).__name__}: {exc}", exc_info=True)
             if messages:
                 self._store().append_messages(messages)
         except BaseException as exc:

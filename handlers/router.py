@@ -29,8 +29,7 @@ class RouterHandler(PayloadHandler):
         region = self.updater.region()
         current = self.updater.list_filtered(R.PORTS, region, device_id=router_id)
         current_ids = {str(p["id"]) for p in current}
-        linked = self.updater.store.find_links(self.updater.environment, link_type="router-network",
-                                               source_id=router_id)
+        linked = self.updater.find_links(link_type="router-network", source_id=router_id)
         stored_ids = {str(lk.get("attributes", {}).get("port_id")) for lk in linked
                       if lk.get("attributes", {}).get("port_id")}
         for gone in stored_ids - current_ids:

@@ -129,7 +129,8 @@ def test_an_event_that_fails_half_way_leaves_nothing_and_its_retry_does_everythi
     updater.relink = real_relink  # type: ignore[method-assign]
     assert world.store.get_object(ENV, port["id"])["name"] == name  # the object write was undone
     result = world.dispatcher.handle(event)
-    assert result.result and "1 written" in result.message and "links +" in result.message
+    assert result.result and "1 written" in result.message
+    assert "links and cliques redone at the batch's commit" in result.message
     world.dispatcher.flush()
     assert world.store.find_links(ENV, touching=[port["id"]]) != links_before  # relabelled with the name
     world.cloud.update("ports", port["id"], name="half-way")
@@ -144,3 +145,84 @@ def test_abandoned_batches_leave_nothing(world: World, other: SqliteStore) -> No
     world.dispatcher.abandon()  # the broker connection was lost: the message comes back
     assert other.get_object(ENV, port["id"])["name"] == name
     assert other.upsert_objects(ENV, [dict(other.get_object(ENV, port["id"]), name="free-again")]) == 1
+
+
+def handle_as_one_batch(world: World, events: list[Any], other: SqliteStore, watched: str) -> None:
+    """Handle ``events`` as the listener does with a backlog: their API reads made ahead, all handled
+    before one flush. ``watched`` (an object id) shows that nothing was committed before the flush."""
+    updater: MapUpdater = world.dispatcher.updater
+    updater.read_ahead_threads = 4
+    for event in events:
+        world.dispatcher.read_ahead(event)
+    for event in events:
+        updater.reads_ready(world.dispatcher.table[event.event_type].reads(event))
+    for entry in list(updater._ahead.values()):
+        entry[1].result(timeout=30)
+    before = other.get_object(ENV, watched)
+    for event in events:
+        assert not world.dispatcher.will_wait(event)
+        result = world.dispatcher.handle(event)
+        assert result.result, result.message
+    assert other.get_object(ENV, watched) == before  # one batch: nothing committed yet
+    world.dispatcher.flush()
+
+
+def test_a_batch_of_mixed_events_is_relinked_once_and_converges_to_a_fresh_scan(
+        world: World, other: SqliteStore) -> None:
+    cloud = world.cloud
+    servers = [s for s in cloud.items("servers") if s.get("OS-EXT-SRV-ATTR:host")]
+    by_server: dict[str, list[dict[str, Any]]] = {}
+    for p in compute_ports(cloud):
+        by_server.setdefault(p["device_id"], []).append(p)
+    attached = {a.get("server_id") for v in cloud.items("volumes") for a in v.get("attachments") or ()}
+    gone = next(s for s in servers if s["id"] not in attached)  # (cinder would send its own events)
+    first, renamed, fourth = [s for s in servers if s is not gone][:3]
+    changed = by_server[first["id"]] + by_server[fourth["id"]]
+    events: list[Any] = []
+    for i, p in enumerate(changed):  # instances' ports change: each instance is re-derived once
+        cloud.update("ports", p["id"], name=f"batched-port-{i}", status="DOWN")
+        events.append(notification("port.update.end", {"port": {"id": p["id"]}}))
+    cloud.rename("servers", renamed["id"], "batched-vm")
+    events.append(notification("compute.instance.update", {"instance_id": renamed["id"], "state": "active"},
+                               f"compute.{renamed['OS-EXT-SRV-ATTR:host']}"))
+    its_ports = [p["id"] for p in by_server[gone["id"]]]
+    its_fips = [f["id"] for f in cloud.items("floatingips") if f.get("port_id") in its_ports]
+    cloud.delete_servers([gone["id"]])
+    events += [notification("port.delete.end", {"port_id": pid}) for pid in its_ports]
+    events += [notification("floatingip.update.end", {"floatingip": {"id": fid}}) for fid in its_fips]
+    events.append(notification("compute.instance.delete.end", {"instance_id": gone["id"]},
+                               f"compute.{gone['OS-EXT-SRV-ATTR:host']}"))
+    links_before = world.store.find_links(ENV, touching=[by_server[first["id"]][0]["id"]])
+
+    updater: MapUpdater = world.dispatcher.updater
+    relinked: list[int] = []
+    real = updater._relink_now
+
+    def counting(change: Any, holders: dict[str, Any]) -> None:
+        relinked.append(len(holders))
+        real(change, holders)
+
+    updater._relink_now = counting  # type: ignore[method-assign]
+    handle_as_one_batch(world, events, other, by_server[first["id"]][0]["id"])
+    # the batch's objects were relinked together at the flush (then the re-derived instance, if it
+    # changed), not once per event
+    assert len(events) > 5 and 1 <= len(relinked) <= 2 and relinked[0] >= len(changed) + 1, relinked
+    assert world.store.find_links(ENV, touching=[by_server[first["id"]][0]["id"]]) != links_before
+    world.assert_like_a_fresh_scan()
+
+
+def test_links_read_in_the_middle_of_a_batch_include_its_events(world: World) -> None:
+    updater = trusting(world)
+    port = compute_ports(world.cloud)[0]
+    stored = {lk["id"]: lk for lk in world.store.find_links(ENV, touching=[port["id"]])}
+    assert world.dispatcher.handle(port_event(port, name="mid-batch")).result
+    # the port's links are relinked at the flush; a handler that reads links before it sees them relinked
+    assert {lk["id"]: lk for lk in world.store.find_links(ENV, touching=[port["id"]])} == stored
+    seen = updater.find_links(touching=[port["id"]])
+    labels = {lk["id"]: (lk["source_label"], lk["target_label"]) for lk in seen}
+    assert any("mid-batch" in pair for pair in labels.values()), labels
+    world.dispatcher.flush()
+    assert {lk["id"]: (lk["source_label"], lk["target_label"])
+            for lk in world.store.find_links(ENV, touching=[port["id"]])} == labels
+    world.cloud.update("ports", port["id"], name="mid-batch")
+    world.assert_like_a_fresh_scan()
