@@ -102,10 +102,15 @@ class ChangingServer(ShowingServer):
         if self.changing and isinstance(answer, dict) and len(answer) == 1:
             key, item = next(iter(answer.items()))
             if key in ("port", "server") and isinstance(item, dict):
-                with self._reads_lock:
-                    n = self._reads[item["id"]] = self._reads.get(item["id"], 0) + 1
-                answer = {key: changed_port(item, n) if key == "port" else changed_server(item, n)}
+                answer = {key: self._changed(key, item)}
+            elif key == "ports" and any(k == "id" for k, _ in query):  # ports read by id, several at once
+                answer = {key: [self._changed("port", port) for port in item]}
         return status, answer, extra
+
+    def _changed(self, key: str, item: dict[str, Any]) -> dict[str, Any]:
+        with self._reads_lock:
+            n = self._reads[item["id"]] = self._reads.get(item["id"], 0) + 1
+        return changed_port(item, n) if key == "port" else changed_server(item, n)
 
 
 def changed_port(port: dict[str, Any], n: int) -> dict[str, Any]:

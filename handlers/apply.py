@@ -89,6 +89,16 @@ API_SHOW: dict[str, tuple[str, str, str]] = {
     "server_group": ("compute", "/os-server-groups/{id}", "server_group"),
     "load_balancer": ("load-balancer", "/lbaas/loadbalancers/{id}", "loadbalancer"),
 }
+# Reads of waiting events merged into one filtered listing (neutron's filters take several values,
+# ``?id=a&id=b``; nova's and cinder's do not): an object shown by id, and an instance's ports.
+MERGED_SHOWS: dict[str, Resource] = {
+    "port": R.PORTS, "network": R.NETWORKS, "subnet": R.SUBNETS, "router": R.ROUTERS,
+    "floating_ip": R.FLOATING_IPS, "security_group": R.SECURITY_GROUPS,
+}
+MERGED_LISTS = {(R.PORTS.name, "device_id")}
+MERGE_MAX = 50  # values per request: ~2 KB of query string, well under API servers' request-line limits
+MERGE_JOBS = 4  # merged requests in flight per listing; reads arriving meanwhile wait and merge
+MergeKey = tuple[Resource, str, str]  # (listing, region, the field filtered on)
 KIND_PREFIX = {"floating_ip": "floating_ip", "security_group": "security_group", "server_group": "server_group"}
 
 
@@ -155,6 +165,8 @@ class MapUpdater:
         self._clique_setup: tuple[dict[str, Doc], dict[str, list[str]]] | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._ahead: dict[Read, tuple[float, Future[Any]]] = {}
+        self._merging: dict[MergeKey, list[tuple[str, Future[Any]]]] = {}
+        self._merge_jobs: dict[MergeKey, int] = {}
         self._held: dict[str, set[str]] = {}
         # Set by the dispatcher: whether the event being handled commits all-or-nothing (then an
         # object it finds unchanged has its links as its last committed change left them).
@@ -207,7 +219,20 @@ class MapUpdater:
             return
         now = time.monotonic()
         for read in reads:
-            future = self._reader().submit(self._read_now, read)
+            key = _merge_key(read)
+            future: Future[Any]
+            if key is None:
+                future = self._reader().submit(self._read_now, read)
+            else:
+                future = Future()
+                with self._lock:
+                    self._merging.setdefault(key, []).append((str(read[2] if read[0] == "show" else read[3][0][1]),
+                                                              future))
+                    start = self._merge_jobs.get(key, 0) < MERGE_JOBS
+                    if start:
+                        self._merge_jobs[key] = self._merge_jobs.get(key, 0) + 1
+                if start:
+                    self._reader().submit(self._read_merged, key)
             with self._lock:
                 self._ahead[read] = (now, future)
                 if len(self._ahead) > READ_AHEAD_MAX:  # nobody is taking them: drop the oldest half
@@ -218,6 +243,32 @@ class MapUpdater:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=self.read_ahead_threads, thread_name_prefix="read-ahead")
         return self._pool
+
+    def _read_merged(self, key: MergeKey) -> None:
+        """Answer the waiting reads of one listing, up to MERGE_MAX per request, until none is left.
+        What a read gets is what its own request would have: the item or None (gone) for a show, the
+        matching items for a list."""
+        res, region, field = key
+        while True:
+            with self._lock:
+                waiting = self._merging.get(key) or []
+                taken, waiting[:] = waiting[:MERGE_MAX], waiting[MERGE_MAX:]
+                if not taken:
+                    self._merge_jobs[key] -= 1
+                    return
+            values = sorted({value for value, _ in taken})
+            try:
+                items = self._list_now(res, region, {field: values})
+            except Exception as exc:  # each read raises it where it is taken, as its own request would
+                for _, future in taken:
+                    future.set_exception(exc)
+                continue
+            found: dict[str, list[Doc]] = {}
+            for item in items:
+                found.setdefault(str(item.get(field)), []).append(item)
+            for value, future in taken:
+                matching = found.get(value, [])
+                future.set_result(matching if field != "id" else (matching[0] if matching else None))
 
     def _read_now(self, read: Read) -> Any:
         if read[0] == "show":
@@ -247,6 +298,11 @@ class MapUpdater:
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
+        with self._lock:  # merged reads whose request will never be made now: nobody may wait on them
+            for waiting in self._merging.values():
+                for _, future in waiting:
+                    future.set_exception(StackmapError("the map updater was closed"))
+                waiting.clear()
 
     def show(self, kind: str, object_id: str, region: str | None = None) -> Doc | None:
         """The current API representation of one object, or None when the API says it is gone."""
@@ -271,7 +327,7 @@ class MapUpdater:
         got = self._taken(("list", res, region, tuple(sorted(params.items()))))
         return self._list_now(res, region, params) if got is _NOT_READ else cast("list[Doc]", got)
 
-    def _list_now(self, res: Resource, region: str, params: dict[str, str]) -> list[Doc]:
+    def _list_now(self, res: Resource, region: str, params: dict[str, Any]) -> list[Doc]:
         return self.client.list(res.service, res.path, res.key, region, params={**dict(res.params), **params},
                                 microversion=res.microversion, paged=res.paged)
 
@@ -670,6 +726,17 @@ class MapUpdater:
         scan = Scan(environment=self.environment, resource_types=resource_types)
         self.store.submit_scan(scan.to_doc())
         return f"{reason}; requested scan {scan.id} of {', '.join(resource_types)}"
+
+
+def _merge_key(read: Read) -> MergeKey | None:
+    """Which merged listing answers this read, if one can."""
+    if read[0] == "show":
+        res = MERGED_SHOWS.get(read[1])
+        return (res, read[3], "id") if res is not None else None
+    res, region, params = read[1], read[2], read[3]
+    if len(params) == 1 and (res.name, params[0][0]) in MERGED_LISTS:
+        return (res, region, params[0][0])
+    return None
 
 
 def _key(link: Doc) -> tuple[str, str, str]:

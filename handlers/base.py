@@ -102,8 +102,10 @@ class PayloadHandler(EventBase):
             # Payloads drift from the API in small ways (a field only one of them has): the API's own
             # representation keeps the map identical to a scan's. The payload only names the object.
             current = self.updater.show(self.kind, str(item["id"]))
-            if current is None:
+            if current is None:  # as if its delete event came: what depended on it is repaired too
+                before = self.updater.stored(str(item["id"]))
                 change = self.updater.remove(str(item["id"]))
+                self.after_delete(str(item["id"]), before, change)
                 return EventResult.done(f"{n.event_type}: {self.kind} already gone from the API; "
                                         f"{change.describe()}", str(item["id"]))
             item = current

@@ -1433,7 +1433,7 @@ SHOW: dict[tuple[str, str], tuple[tuple[str, str], str]] = {
     ("block-storage", "/snapshots"): (("block-storage", "/snapshots/detail"), "snapshot"),
     ("load-balancer", "/lbaas/loadbalancers"): (("load-balancer", "/lbaas/loadbalancers"), "loadbalancer"),
 }
-FILTERS = {"device_id", "network_id", "device_owner", "loadbalancer_id"}
+FILTERS = {"id", "device_id", "network_id", "device_owner", "loadbalancer_id"}
 
 
 class ShowingServer(FakeCloudServer):
@@ -1488,12 +1488,19 @@ class ShowingServer(FakeCloudServer):
             if item is None:
                 raise _HTTPError(404, _error(svc, 404, f"{key} {item_id} not found"))
             return 200, {key: item}, {}
-        filters = {k: v for k, v in query if k in FILTERS}
+        filters: dict[str, list[str]] = {}  # as neutron reads them: a repeated filter matches any of its values
+        for k, v in query:
+            if k in FILTERS:
+                filters.setdefault(k, []).append(v)
         listing = LISTINGS.get((svc.type, sub))
         if filters and listing is not None:
             self._check_token(headers)
-            (field, value), *more = filters.items()
-            items = self._indexed(region, listing, field).get(value, [])
-            items = [i for i in items if all(str(i.get(k)) == v for k, v in more)]
+            (field, values), *more = filters.items()
+            index = self._indexed(region, listing, field)
+            items = []
+            for v in dict.fromkeys(values):
+                found = index.get(v)
+                items += ([found] if found else []) if field == "id" else (found or [])
+            items = [i for i in items if all(str(i.get(k)) in vs for k, vs in more)]
             return 200, {listing.key: items}, {}
         return super()._route(method, path, query, headers, body)

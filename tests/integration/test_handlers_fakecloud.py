@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,8 +21,11 @@ import pytest
 from handlers.apply import MapUpdater
 from handlers.dispatch import Dispatcher
 from handlers.envelope import parse
+from stackmap.discovery.api import resources as R
+from stackmap.discovery.api.client import ApiError
 from stackmap.discovery.scan import Scanner
 from stackmap.environments import add_environment
+from stackmap.errors import StackmapError
 from stackmap.model import EnvironmentConfig
 from stackmap.secrets import SecretBox
 from stackmap.store import Store, open_store
@@ -180,6 +184,66 @@ def test_reads_started_ahead_are_taken_by_the_handler_and_only_once(world: World
     message = world.handle("compute.instance.update", {"instance_id": server["id"], "state": "active"},
                            publisher=f"compute.{server['OS-EXT-SRV-ATTR:host']}")
     assert updater._ahead == {} and "0 clique(s) rebuilt" in message
+
+
+def test_port_reads_ahead_are_merged_into_few_listings_with_each_read_answered_as_its_own(world: World) -> None:
+    updater = world.dispatcher.updater
+    ports = compute_ports(world.cloud)[:8]
+    gone = ports[-1]
+    world.cloud.delete("ports", gone["id"])
+    world.cloud.rename("ports", ports[0]["id"], "renamed-before-the-read")
+    server = next(s for s in world.cloud.items("servers") if s.get("OS-EXT-SRV-ATTR:host"))
+    events = [notification("port.update.end", {"port": {"id": p["id"]}}) for p in ports] + [
+        notification("compute.instance.update", {"instance_id": server["id"], "state": "active"})]
+    world.server.reset()
+    updater.read_ahead_threads = 1
+    gate = threading.Event()
+    updater._reader().submit(gate.wait, 30)  # the reads queue up, as while the read-ahead threads are busy
+    for event in events:
+        world.dispatcher.read_ahead(event)
+    gate.set()
+    for entry in list(updater._ahead.values()):
+        entry[1].result(timeout=30)
+    region = updater.region()
+    assert updater.show("port", ports[0]["id"], region)["name"] == "renamed-before-the-read"
+    assert updater.show("port", gone["id"], region) is None  # absent from the listing: gone, as a 404 says
+    assert [p["id"] for p in updater.list_filtered(R.PORTS, region, device_id=server["id"])] == \
+        [p["id"] for p in compute_ports(world.cloud) if p["device_id"] == server["id"]]
+    port_requests = [target for _, target, _ in world.server.log if "/ports" in target]
+    # one request for the 8 shows, one for the device's ports
+    assert len(port_requests) == 2 and all("/ports/" not in t for t in port_requests), port_requests
+    # nova tells of the detached port's server too (its addresses changed)
+    events.append(notification("compute.instance.update", {"instance_id": gone["device_id"], "state": "active"}))
+    for event in events:
+        assert world.dispatcher.handle(event).result
+    world.dispatcher.flush()
+    world.assert_like_a_fresh_scan()
+
+
+def test_a_merged_read_that_fails_fails_each_of_its_reads_where_taken(world: World) -> None:
+    updater = world.dispatcher.updater
+    ports = compute_ports(world.cloud)[:3]
+    updater.read_ahead_threads = 1
+    gate = threading.Event()
+    updater._reader().submit(gate.wait, 30)
+    world.server.fail("*/ports", 503, times=1)
+    for p in ports:
+        world.dispatcher.read_ahead(notification("port.update.end", {"port": {"id": p["id"]}}))
+    gate.set()
+    region = updater.region()
+    for p in ports:  # each read raises as its own request would have
+        with pytest.raises(ApiError) as failed:
+            updater.show("port", p["id"], region)
+        assert failed.value.status == 503
+    assert updater.show("port", ports[0]["id"], region)["id"] == ports[0]["id"]  # taken: read again
+    # and reads queued when the updater closes fail instead of leaving their takers waiting
+    gate = threading.Event()
+    updater._reader().submit(gate.wait, 30)
+    world.dispatcher.read_ahead(notification("port.update.end", {"port": {"id": ports[1]["id"]}}))
+    updater.close()
+    gate.set()
+    with pytest.raises(StackmapError, match="closed"):
+        updater.show("port", ports[1]["id"], region)
 
 
 def _established_to(port: int) -> int:
