@@ -459,6 +459,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prefetch", type=int, default=500)
     parser.add_argument("--batch", type=int, default=200)
     parser.add_argument("--batch-max-delay-ms", type=int, default=EventManagerSettings().batch_max_delay_ms)
+    parser.add_argument("--batch-backlog-delay-ms", type=int, default=EventManagerSettings().batch_backlog_delay_ms)
     parser.add_argument("--api-latency-ms", type=float, default=0.0,
                         help="added to every API answer while events are handled (a remote cloud's round trip)")
     parser.add_argument("--kinds", nargs="+", choices=("port", "instance"), default=["port", "instance"],
@@ -470,7 +471,8 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging("WARNING", "console")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the clean-ups (queues, the fake cloud)
     options = EventManagerSettings(prefetch=args.prefetch, batch_size=args.batch,
-                                   batch_max_delay_ms=args.batch_max_delay_ms, queue_max_length=0,
+                                   batch_max_delay_ms=args.batch_max_delay_ms,
+                                   batch_backlog_delay_ms=args.batch_backlog_delay_ms, queue_max_length=0,
                                    queue_message_ttl_s=0, heartbeat_s=60)
 
     why_not = real_handlers()
