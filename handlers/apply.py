@@ -91,10 +91,7 @@ API_SHOW: dict[str, tuple[str, str, str]] = {
 }
 # Reads of waiting events merged into one filtered listing (neutron's filters take several values,
 # ``?id=a&id=b``; nova's and cinder's do not): an object shown by id, and an instance's ports.
-MERGED_SHOWS: dict[str, Resource] = {
-    "port": R.PORTS, "network": R.NETWORKS, "subnet": R.SUBNETS, "router": R.ROUTERS,
-    "floating_ip": R.FLOATING_IPS, "security_group": R.SECURITY_GROUPS,
-}
+MERGED_SHOWS: dict[str, Resource] = {kind: res for kind, res in SOURCE.items() if res.service == "network"}
 MERGED_LISTS = {(R.PORTS.name, "device_id")}
 MERGE_MAX = 50  # values per request: ~2 KB of query string, well under API servers' request-line limits
 MERGE_JOBS = 4  # merged requests in flight per listing; reads arriving meanwhile wait and merge
@@ -219,15 +216,15 @@ class MapUpdater:
             return
         now = time.monotonic()
         for read in reads:
-            key = _merge_key(read)
+            merged = _merged_into(read)
             future: Future[Any]
-            if key is None:
+            if merged is None:
                 future = self._reader().submit(self._read_now, read)
             else:
+                key, value = merged
                 future = Future()
                 with self._lock:
-                    self._merging.setdefault(key, []).append((str(read[2] if read[0] == "show" else read[3][0][1]),
-                                                              future))
+                    self._merging.setdefault(key, []).append((value, future))
                     start = self._merge_jobs.get(key, 0) < MERGE_JOBS
                     if start:
                         self._merge_jobs[key] = self._merge_jobs.get(key, 0) + 1
@@ -728,14 +725,14 @@ class MapUpdater:
         return f"{reason}; requested scan {scan.id} of {', '.join(resource_types)}"
 
 
-def _merge_key(read: Read) -> MergeKey | None:
-    """Which merged listing answers this read, if one can."""
+def _merged_into(read: Read) -> tuple[MergeKey, str] | None:
+    """The merged listing that can answer this read, and the value the read filters it on; or None."""
     if read[0] == "show":
         res = MERGED_SHOWS.get(read[1])
-        return (res, read[3], "id") if res is not None else None
+        return ((res, read[3], "id"), str(read[2])) if res is not None else None
     res, region, params = read[1], read[2], read[3]
     if len(params) == 1 and (res.name, params[0][0]) in MERGED_LISTS:
-        return (res, region, params[0][0])
+        return (res, region, params[0][0]), str(params[0][1])
     return None
 
 

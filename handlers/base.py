@@ -103,9 +103,7 @@ class PayloadHandler(EventBase):
             # representation keeps the map identical to a scan's. The payload only names the object.
             current = self.updater.show(self.kind, str(item["id"]))
             if current is None:  # as if its delete event came: what depended on it is repaired too
-                before = self.updater.stored(str(item["id"]))
-                change = self.updater.remove(str(item["id"]))
-                self.after_delete(str(item["id"]), before, change)
+                change = self.remove(str(item["id"]))
                 return EventResult.done(f"{n.event_type}: {self.kind} already gone from the API; "
                                         f"{change.describe()}", str(item["id"]))
             item = current
@@ -155,12 +153,17 @@ class PayloadHandler(EventBase):
             oid = item.get("id") if isinstance(item, dict) else None
         if not oid:
             return EventResult.failed(f"{n.event_type}: payload has no {self.id_key}")
-        before = self.updater.stored(str(oid))
-        change = self.updater.remove(str(oid))
-        self.after_delete(str(oid), before, change)
+        change = self.remove(str(oid))
         if not change.deleted:
             return EventResult.skip(f"{self.kind} {oid} was not in the map", str(oid))
         return EventResult.done(f"{n.event_type}: {change.describe()}", str(oid), self.kind)
+
+    def remove(self, oid: str) -> Any:
+        """Remove the object from the map, and repair what depended on it (``after_delete``)."""
+        before = self.updater.stored(oid)
+        change = self.updater.remove(oid)
+        self.after_delete(oid, before, change)
+        return change
 
     def after_delete(self, oid: str, before: dict[str, Any] | None, change: Any) -> None:
         """Hook: repair what depended on the deleted object."""

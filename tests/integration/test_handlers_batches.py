@@ -154,8 +154,6 @@ def handle_as_one_batch(world: World, events: list[Any], other: SqliteStore, wat
     updater.read_ahead_threads = 4
     for event in events:
         world.dispatcher.read_ahead(event)
-    for event in events:
-        updater.reads_ready(world.dispatcher.table[event.event_type].reads(event))
     for entry in list(updater._ahead.values()):
         entry[1].result(timeout=30)
     before = other.get_object(ENV, watched)
