@@ -127,13 +127,15 @@ class Change:
     links_written: int = 0
     links_deleted: int = 0
     cliques_rebuilt: int = 0
+    clique_links_patched: int = 0  # copies of links replaced in cliques not rebuilt (``_patch_cliques``)
     deferred: bool = False  # links and cliques are redone when the batch is committed (``begin_batch``)
 
     def describe(self) -> str:
         done = f"{len(self.upserted)} object(s) refreshed ({self.written} written), {len(self.deleted)} deleted, "
         if self.deferred:
             return done + "links and cliques redone at the batch's commit"
-        return done + f"links +{self.links_written}/-{self.links_deleted}, {self.cliques_rebuilt} clique(s) rebuilt"
+        return done + (f"links +{self.links_written}/-{self.links_deleted}, {self.cliques_rebuilt} clique(s) rebuilt, "
+                       f"{self.clique_links_patched} link copies patched in others")
 
 
 class MissingParent(StackmapError):
@@ -644,22 +646,10 @@ class MapUpdater:
         keys = [key for key in change.links_patched if key not in change.links_gone]
         if not keys:
             return
-        ends = sorted({end for key in keys for end in key[1:]})
-        wanted = {link_id(*key) for key in keys}
-        # the links as the store now holds them: what a rebuild's walk would put in the clique
-        now = {lk["id"]: lk for lk in self.store.find_links(
-            self.environment, touching=ends, link_types=sorted({key[0] for key in keys})) if lk["id"] in wanted}
-        gone = set(change.deleted)
-        patched = []
-        for clique in self.store.find_cliques(self.environment, holding=sorted({key[1:] for key in keys})):
-            focal = clique["focal_point"]
-            if focal in rebuilt or focal in gone or not wanted.intersection(clique.get("links") or ()):
-                continue
-            detailed = [now.get(str(lk.get("id")), lk) for lk in clique.get("links_detailed") or ()]
-            patched.append(dict(clique, links_detailed=detailed))
-        if patched:
-            self.store.replace_cliques(self.environment, patched, focal_points={c["focal_point"] for c in patched})
-            change.cliques_rebuilt += len(patched)
+        # the links as the store now holds them (with their monitoring): what a rebuild's walk would copy
+        now = self.store.find_links(self.environment, keys=keys)
+        change.clique_links_patched += self.store.patch_clique_links(
+            self.environment, now, skip=rebuilt | set(change.deleted))
 
     # -- deletes -----------------------------------------------------------------------------------
     def remove(self, object_id: str) -> Change:

@@ -148,9 +148,12 @@ class Store(abc.ABC):
         link_types: Iterable[str] | None = None,
         sources: Iterable[str] | None = None,
         targets: Iterable[str] | None = None,
+        keys: Iterable[LinkKey] | None = None,
     ) -> list[Doc]:
         """Links matching every filter. ``touching``: either end among the ids; ``sources``/``targets``:
-        the source (target) among the ids, which is how a clique walk queries a whole frontier at once."""
+        the source (target) among the ids, which is how a clique walk queries a whole frontier at once;
+        ``keys``: exactly these (link_type, source_id, target_id) (the other filters would match their
+        cross product)."""
 
     @abc.abstractmethod
     def update_link(self, environment: str, key: LinkKey, changes: Mapping[str, Any]) -> bool:
@@ -181,6 +184,15 @@ class Store(abc.ABC):
     ) -> list[Doc]:
         """Cliques by focal point, or those whose nodes include any of ``containing``, or both ends of
         one of the ``holding`` pairs (the only cliques that can hold a link between them)."""
+
+    @abc.abstractmethod
+    def patch_clique_links(self, environment: str, links: Iterable[Mapping[str, Any]],
+                           skip: Iterable[str] = ()) -> int:
+        """Replace, in every clique whose ``links_detailed`` holds a link with one of these links' ``id``,
+        that copy by the given link (cliques of the ``skip`` focal points are left alone); returns how
+        many copies were replaced. A link whose state flips (a port going down) is copied into every
+        clique a walk reached it from: rewriting those copies where they are stored costs far less
+        than reading and replacing each whole clique document."""
 
     # -- clique types and constraints ----------------------------------------------------------------
     @abc.abstractmethod

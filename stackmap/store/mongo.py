@@ -23,7 +23,7 @@ from urllib.parse import unquote
 
 import pymongo
 from pydantic import SecretStr
-from pymongo import ASCENDING, DESCENDING, DeleteOne, ReplaceOne, ReturnDocument
+from pymongo import ASCENDING, DESCENDING, DeleteOne, ReplaceOne, ReturnDocument, UpdateMany
 from pymongo.errors import (
     BulkWriteError,
     ConfigurationError,
@@ -554,6 +554,7 @@ class MongoStore(Store):
         link_types: Iterable[str] | None = None,
         sources: Iterable[str] | None = None,
         targets: Iterable[str] | None = None,
+        keys: Iterable[LinkKey] | None = None,
     ) -> list[Doc]:
         query: Doc = {"environment": environment}
         conditions: list[Doc] = []
@@ -566,6 +567,9 @@ class MongoStore(Store):
         if touching is not None:
             members = {"$in": list(touching)}
             conditions.append({"$or": [{"source_id": members}, {"target_id": members}]})
+        if keys is not None:
+            wanted = [{"link_type": t, "source_id": s, "target_id": d} for t, s, d in {tuple(key) for key in keys}]
+            conditions.append({"$or": wanted} if wanted else {"link_type": {"$in": []}})
         if conditions:
             query["$and"] = conditions
         order = [("link_type", ASCENDING), ("source_id", ASCENDING), ("target_id", ASCENDING)]
@@ -638,6 +642,26 @@ class MongoStore(Store):
             query.setdefault("$and", []).append({"$or": pairs} if pairs else nothing)
         with self._op():
             return self._docs(self._db[CLIQUES].find(query).sort("focal_point", ASCENDING))
+
+    def patch_clique_links(self, environment: str, links: Iterable[Mapping[str, Any]],
+                           skip: Iterable[str] = ()) -> int:
+        # The positional operator replaces the array element the filter matched: a link is in a
+        # clique's links_detailed at most once. Its ends narrow the search through the nodes index.
+        skipped = sorted(set(skip))
+        ops = []
+        for link in links:
+            check_keys(link, ("id", "source_id", "target_id"), "link")
+            ends: list[Doc] = [{"$or": [{"nodes": end}, {"focal_point": end}]}
+                               for end in (link["source_id"], link["target_id"])]
+            ops.append(UpdateMany(
+                {"environment": environment, "$and": ends, "focal_point": {"$nin": skipped},
+                 "links_detailed.id": link["id"]},
+                {"$set": {"links_detailed.$": encode(dict(link))}}))
+        patched = 0
+        for at in range(0, len(ops), BATCH):
+            with self._op():
+                patched += self._db[CLIQUES].bulk_write(ops[at:at + BATCH], ordered=False).modified_count
+        return patched
 
     # -- clique types and constraints ----------------------------------------------------------------
     def upsert_clique_type(self, doc: Mapping[str, Any]) -> None:

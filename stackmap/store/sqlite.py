@@ -74,6 +74,7 @@ CREATE TABLE IF NOT EXISTS host_keys (
 """
 
 _IDS = "(SELECT value FROM json_each(?))"
+_JSON_SET_PAIRS = 60  # path/value pairs in one json_set call: SQLite allows a function 127 arguments
 # An object and its whole subtree, by walking parent_id through the parent index: no index on the
 # long id_path strings is needed (it made every bulk upsert a third slower). Params: env, id, env.
 _SUBTREE = ("WITH RECURSIVE subtree(id) AS (SELECT id FROM inventory WHERE environment = ? AND id = ? "
@@ -454,6 +455,7 @@ class SqliteStore(Store):
         link_types: Iterable[str] | None = None,
         sources: Iterable[str] | None = None,
         targets: Iterable[str] | None = None,
+        keys: Iterable[LinkKey] | None = None,
     ) -> list[Doc]:
         where, params = ["environment = ?"], [environment]
         for column, value in (("link_type", link_type), ("source_id", source_id), ("target_id", target_id)):
@@ -464,6 +466,14 @@ class SqliteStore(Store):
             if values is not None:
                 where.append(f"{column} IN {_IDS}")
                 params.append(_idlist(values))
+        if keys is not None:
+            # one lookup of the key index per key, led by the keys (CROSS JOIN fixes that order)
+            conds = " AND ".join(f"l.{cond}" for cond in where)
+            return [self._link(row) for row in self._read(
+                f"SELECT l.doc, l.monitor FROM json_each(?) k CROSS JOIN links l WHERE {conds} "
+                "AND l.link_type = json_extract(k.value, '$[0]') AND l.source_id = json_extract(k.value, '$[1]') "
+                "AND l.target_id = json_extract(k.value, '$[2]') ORDER BY l.link_type, l.source_id, l.target_id",
+                [orjson.dumps(sorted({tuple(key) for key in keys})).decode(), *params])]
         if touching is not None:
             # Two lookups by the end indexes, not "source IN .. OR target IN ..": with a link_type
             # condition too, SQLite's planner walks every link of those types (100k on a big map).
@@ -613,6 +623,43 @@ class SqliteStore(Store):
             )
             params += [orjson.dumps([list(pair) for pair in holding]).decode(), environment]
         return self._docs(f"SELECT c.doc FROM cliques c WHERE {' AND '.join(where)} ORDER BY c.focal_point", params)
+
+    def patch_clique_links(self, environment: str, links: Iterable[Mapping[str, Any]],
+                           skip: Iterable[str] = ()) -> int:
+        # In SQL, so no clique document is decoded in Python: a clique's ``links`` ids are in the
+        # order of its ``links_detailed``, so an id's place in the first is its copy's place in the
+        # second. Each clique is parsed once to find those places and rewritten once with all of its
+        # copies (a network's clique can hold thousands of links, and a batch flips many of them).
+        links = list(links)
+        docs: dict[str, str] = {}
+        for link in links:
+            check_keys(link, ("id", "source_id", "target_id"), "link")
+            docs[str(link["id"])] = dumps(link)
+        if not docs:
+            return 0
+        with self._write() as cur:
+            # the cliques with both ends of one of the links among their nodes: the only ones that can hold it
+            ends = orjson.dumps([[link["source_id"], link["target_id"]] for link in links]).decode()
+            places = cur.execute(
+                "SELECT c.focal_point, e.key, e.value FROM cliques c, json_each(c.doc, '$.links') e "
+                "WHERE c.environment = ? AND c.focal_point IN (SELECT a.focal_point FROM json_each(?) p "
+                "CROSS JOIN clique_nodes a CROSS JOIN clique_nodes b WHERE a.environment = ? "
+                "AND a.node_id = json_extract(p.value, '$[0]') AND b.environment = a.environment "
+                "AND b.focal_point = a.focal_point AND b.node_id = json_extract(p.value, '$[1]')) "
+                f"AND c.focal_point NOT IN {_IDS} AND e.value IN {_IDS}",
+                (environment, ends, environment, _idlist(set(skip)), _idlist(docs))).fetchall()
+            by_clique: dict[str, list[tuple[int, str]]] = {}
+            for focal, place, link_id in places:
+                by_clique.setdefault(focal, []).append((place, link_id))
+            for focal, copies in by_clique.items():
+                expr, params = "doc", []
+                for at in range(0, len(copies), _JSON_SET_PAIRS):  # SQLite bounds a function's arguments
+                    chunk = copies[at:at + _JSON_SET_PAIRS]
+                    expr = f"json_set({expr}{', ?, json(?)' * len(chunk)})"
+                    params += [v for place, link_id in chunk for v in (f"$.links_detailed[{place}]", docs[link_id])]
+                cur.execute(f"UPDATE cliques SET doc = {expr} WHERE environment = ? AND focal_point = ?",
+                            (*params, environment, focal))
+        return len(places)
 
     # -- clique types and constraints ----------------------------------------------------------------
     def upsert_clique_type(self, doc: Mapping[str, Any]) -> None:

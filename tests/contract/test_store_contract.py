@@ -226,6 +226,12 @@ def test_find_links_filters(store: Store) -> None:
         == ["v1", "v2"]
     assert [lk["source_id"] for lk in store.find_links(ENV, targets=["c1", "p1"])] == ["c1", "v1"]
     assert store.find_links(ENV, source_id="i1", target_id="v1")[0]["attributes"] == {"network": "n1"}
+    # exact keys, not the cross product of their parts (instance-vnic|i1|v1 is in that)
+    keys = [("instance-vnic", "i2", "v2"), ("vnic-vconnector", "v1", "c1"), ("instance-vnic", "i1", "c1"),
+            ("instance-vnic", "x", "v1"), ("instance-vnic", "i2", "v2")]
+    assert [lk["id"] for lk in store.find_links(ENV, keys=keys)] == ["instance-vnic|i2|v2", "vnic-vconnector|v1|c1"]
+    assert store.find_links(ENV, keys=[("instance-vnic", "i2", "v2")], link_type="vnic-vconnector") == []
+    assert store.find_links(ENV, keys=[]) == []
     assert store.link_keys(ENV, link_types=["vnic-vconnector"]) == {("vnic-vconnector", "v1", "c1")}
     assert len(store.link_keys(ENV)) == 4
     assert store.delete_links(ENV, [("instance-vnic", "i2", "v2"), ("instance-vnic", "x", "y")]) == 1
@@ -266,6 +272,48 @@ def test_find_cliques_holding_both_ends_of_a_link(store: Store) -> None:
     assert holding(("p1", "p2")) == ["n1"]
     assert holding(("p1", "zz")) == [] and holding() == []
     assert [c["focal_point"] for c in store.find_cliques(ENV, focal_point="i2", holding=[("p1", "n1")])] == []
+
+
+def test_patch_clique_links_replaces_the_copies_of_links_in_the_cliques_that_hold_them(store: Store) -> None:
+    def link(source: str, target: str, **extra: Any) -> dict[str, Any]:
+        return {"id": f"t|{source}|{target}", "link_type": "t", "source_id": source, "target_id": target, **extra}
+
+    def with_links(focal: str, nodes: list[str], links: list[dict[str, Any]]) -> dict[str, Any]:
+        doc = dict(clique(focal, nodes), links=[lk["id"] for lk in links], links_detailed=links)
+        return doc
+
+    p1n1, p2n1, i1p1 = link("p1", "n1", state="up"), link("p2", "n1", state="up"), link("i1", "p1", state="up")
+    seen = datetime(2026, 11, 24, 1, 2, 3, 456000, tzinfo=UTC)
+    store.replace_cliques(ENV, [with_links("i1", ["i1", "p1", "n1"], [i1p1, p1n1]),
+                                with_links("i2", ["i2", "p2", "n1"], [p2n1]),
+                                with_links("n1", ["p1", "p2"], [p1n1, p2n1]),  # its focal point is not in its nodes
+                                with_links("i3", ["i3", "i1", "p1", "n1"], [i1p1]),  # p1 and n1, but not that link
+                                with_links("i4", ["i4", "p1", "n1"], [p1n1])])
+    store.replace_cliques("other", [with_links("i1", ["i1", "p1", "n1"], [p1n1])])
+    down = link("p1", "n1", state="down", last_seen=seen, extra={"deep": [1, 2.5, None]})
+    assert store.patch_clique_links(ENV, [down], skip=["i4"]) == 2
+    by_focal = {c["focal_point"]: c for c in store.find_cliques(ENV)}
+    assert by_focal["i1"]["links_detailed"] == [i1p1, down]
+    assert by_focal["n1"]["links_detailed"] == [down, p2n1]
+    assert by_focal["i1"]["links"] == [i1p1["id"], p1n1["id"]]  # ids, nodes and the rest untouched
+    assert by_focal["i1"]["nodes"] == ["i1", "p1", "n1"] and by_focal["i1"]["constraints"] == {"network": ["n1"]}
+    assert by_focal["i2"]["links_detailed"] == [p2n1] and by_focal["i3"]["links_detailed"] == [i1p1]
+    assert by_focal["i4"]["links_detailed"] == [p1n1]  # skipped
+    assert store.find_cliques("other")[0]["links_detailed"] == [p1n1]  # another environment's
+    assert [c["focal_point"] for c in store.find_cliques(ENV, containing=["p1"])] == ["i1", "i3", "i4", "n1"]
+    # several links at once; an unknown one changes nothing
+    p2_down, i1_down = link("p2", "n1", state="down"), link("i1", "p1", state="down")
+    assert store.patch_clique_links(ENV, [p2_down, i1_down, link("zz", "n1")]) == 4
+    by_focal = {c["focal_point"]: c for c in store.find_cliques(ENV)}
+    assert by_focal["n1"]["links_detailed"] == [down, p2_down]
+    assert by_focal["i1"]["links_detailed"] == [i1_down, down] and by_focal["i3"]["links_detailed"] == [i1_down]
+    assert store.patch_clique_links(ENV, []) == 0
+    # a clique holding many links, all patched at once
+    many = [link(f"p{n}", "big") for n in range(130)]
+    store.replace_cliques(ENV, [with_links("big", [f"p{n}" for n in range(130)], many)], focal_points=["big"])
+    flipped = [dict(lk, state="down") for lk in many]
+    assert store.patch_clique_links(ENV, iter(flipped)) == 130
+    assert store.find_cliques(ENV, focal_point="big")[0]["links_detailed"] == flipped
 
 
 def test_clique_types_and_constraints(store: Store) -> None:
