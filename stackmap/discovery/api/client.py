@@ -12,12 +12,15 @@ from __future__ import annotations
 import builtins
 import os
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urljoin
 
 import keystoneauth1.exceptions as ks_exc
 import openstack
 import openstack.connection
+import openstack.proxy
 import requests
 from keystoneauth1 import session as ks_session
 from keystoneauth1.identity import v3
@@ -38,6 +41,10 @@ PROXIES = {
     "load-balancer": "load_balancer",
 }
 PAGE_LIMIT = 1000
+# How long a service's endpoint, found through the catalog and version discovery, is reused: the
+# lookup deep-copies the catalog and parses its dates at every request (a third of a read's CPU),
+# and an event listener's client lives as long as the daemon, so a moved endpoint is found again.
+ENDPOINT_TTL_S = 300.0
 
 
 class ApiError(StackmapError):
@@ -61,18 +68,22 @@ def auth_url_of(section: OpenStackSection) -> str:
 
 
 # What requests takes from the environment when ``trust_env`` is on: proxies (and their exceptions),
-# a CA bundle, and credentials from .netrc.
-_REQUESTS_ENVIRONMENT = ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "requests_ca_bundle",
-                         "curl_ca_bundle", "netrc")
+# credentials from .netrc, and a CA bundle (which ``settle_environment`` can hand over itself).
+_ENVIRONMENT_PROXIES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "netrc")
+_ENVIRONMENT_BUNDLES = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")  # requests reads these, in this order
 
 
-def settle_environment(session: requests.Session) -> None:
-    """Stop requests from reading the process environment again at every request when nothing in
-    it concerns requests: that lookup (every variable, twice) cost ~0.7 ms of each ~1.1 ms API read
-    an event handler makes. With any proxy, CA bundle or netrc variable set, requests keeps honouring
-    them as it always does."""
-    if not any(name.lower() in _REQUESTS_ENVIRONMENT for name in os.environ):
-        session.trust_env = False
+def settle_environment(sess: ks_session.Session) -> None:
+    """Stop requests from reading the process environment again at every request (every variable,
+    twice: ~0.7 ms of each ~1.1 ms API read an event handler makes) unless a proxy or netrc setting
+    is there. A CA bundle named in the environment is given to the session instead, as the
+    ``verify`` requests would have taken from it (only where nothing else was configured)."""
+    if any(name.lower() in _ENVIRONMENT_PROXIES for name in os.environ):
+        return
+    bundle = next((os.environ[name] for name in _ENVIRONMENT_BUNDLES if os.environ.get(name)), None)
+    if bundle and sess.verify is True:
+        sess.verify = bundle
+    sess.session.trust_env = False
 
 
 class OpenStackClient:
@@ -92,6 +103,7 @@ class OpenStackClient:
         self._timeout = timeout
         self._session: ks_session.Session | None = None
         self._conns: dict[str, openstack.connection.Connection] = {}
+        self._endpoints: dict[tuple[str, str], tuple[float, str]] = {}
         self._lock = threading.Lock()
 
     # -- connection --------------------------------------------------------------------------------
@@ -117,7 +129,7 @@ class OpenStackClient:
             sess = ks_session.Session(auth=auth, verify=verify, timeout=self._timeout,
                                       session=requests.Session())
         mount(sess.session, self.adapter)
-        settle_environment(sess.session)
+        settle_environment(sess)
         return sess
 
     @property
@@ -181,14 +193,36 @@ class OpenStackClient:
     def _proxy(self, service_type: str, region: str | None) -> Any:
         return getattr(self.connection(region), PROXIES[service_type])
 
+    def endpoint(self, service_type: str, region: str | None) -> str:
+        """The service's versioned endpoint, as its openstacksdk proxy finds it (catalog, overrides,
+        version discovery), remembered for ENDPOINT_TTL_S."""
+        key, now = (service_type, region or ""), time.monotonic()
+        with self._lock:
+            cached = self._endpoints.get(key)
+        if cached is not None and now - cached[0] < ENDPOINT_TTL_S:
+            return cached[1]
+        # the base class's: a service's proxy may name its own get_endpoint otherwise (identity's
+        # shows an endpoint resource)
+        found = openstack.proxy.Proxy.get_endpoint(self._proxy(service_type, region))
+        if not found:
+            raise ks_exc.EndpointNotFound()
+        with self._lock:
+            self._endpoints[key] = (now, str(found))
+        return str(found)
+
     def get_json(self, service_type: str, path: str, region: str | None, *, params: dict[str, Any] | None = None,
                  microversion: str | None = None) -> Any:
-        proxy = self._proxy(service_type, region)
         try:
-            response = proxy.get(path, params=params, microversion=microversion, raise_exc=False)
+            # joined as keystoneauth joins a proxy's relative path to its endpoint; a page's own
+            # absolute 'next' link is kept as it is
+            url = urljoin(self.endpoint(service_type, region).rstrip("/") + "/", path.lstrip("/"))
+            response = self.session.request(url, "GET", params=params, microversion=microversion,
+                                            microversion_service_type=service_type, raise_exc=False)
         except ks_exc.EndpointNotFound:
             raise ServiceMissing(f"no {service_type} endpoint in region {region} of the catalog") from None
         except (ks_exc.ConnectFailure, ks_exc.ConnectTimeout) as exc:
+            with self._lock:  # it may have moved: look it up again at the next request
+                self._endpoints.pop((service_type, region or ""), None)
             raise ApiError(f"cannot reach the {service_type} API in region {region}: {_short(exc)}") from None
         except ks_exc.Unauthorized:
             raise ApiError(f"the {service_type} API refused our token (401)", fatal=True) from None
