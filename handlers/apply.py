@@ -646,10 +646,8 @@ class MapUpdater:
         keys = [key for key in change.links_patched if key not in change.links_gone]
         if not keys:
             return
-        # the links as the store now holds them (with their monitoring): what a rebuild's walk would copy
-        now = self.store.find_links(self.environment, keys=keys)
         change.clique_links_patched += self.store.patch_clique_links(
-            self.environment, now, skip=rebuilt | set(change.deleted))
+            self.environment, keys, skip=rebuilt | set(change.deleted))
 
     # -- deletes -----------------------------------------------------------------------------------
     def remove(self, object_id: str) -> Change:

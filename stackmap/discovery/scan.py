@@ -461,9 +461,15 @@ class Scanner:
         cliques = build_cliques(env_name, focal, chosen, constraints, graph)
         self.summary.cliques = len(cliques)
         self.progress.counted("cliques", len(cliques))
-        existing = {c["focal_point"]: dumps(c) for c in self.store.find_cliques(env_name)}
+        # Where the store keeps no copies of links in cliques, a link's new content (its state, its
+        # monitoring) is no change of the clique: only its nodes and which links it holds are.
+        def shape(clique: Doc) -> Doc:
+            return clique if self.store.keeps_link_copies else dict(
+                clique, links_detailed=[lk.get("id") for lk in clique.get("links_detailed") or ()])
+
+        existing = {c["focal_point"]: dumps(shape(c)) for c in self.store.find_cliques(env_name)}
         fresh = {c["focal_point"]: c for c in cliques}
-        changed = [c for fp, c in fresh.items() if existing.get(fp) != dumps(dict(c, environment=env_name))]
+        changed = [c for fp, c in fresh.items() if existing.get(fp) != dumps(shape(dict(c, environment=env_name)))]
         removed = set(existing) - set(fresh)
         if changed or removed:
             self.store.replace_cliques(env_name, changed, focal_points={c["focal_point"] for c in changed} | removed)

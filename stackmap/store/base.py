@@ -36,6 +36,10 @@ MONITOR_LABELS = ("OK", "Warning", "Critical", "Unknown")  # never an OpenStack 
 class Store(abc.ABC):
     """Abstract store; see the module docstring for the conventions."""
 
+    # Whether clique documents hold copies of their links (Calipso's ``links_detailed``) that must be
+    # rewritten when a link changes. A store that attaches them when a clique is read has none.
+    keeps_link_copies: bool = True
+
     url: str
 
     # -- lifecycle ---------------------------------------------------------------------------------
@@ -186,13 +190,11 @@ class Store(abc.ABC):
         one of the ``holding`` pairs (the only cliques that can hold a link between them)."""
 
     @abc.abstractmethod
-    def patch_clique_links(self, environment: str, links: Iterable[Mapping[str, Any]],
-                           skip: Iterable[str] = ()) -> int:
-        """Replace, in every clique whose ``links_detailed`` holds a link with one of these links' ``id``,
-        that copy by the given link (cliques of the ``skip`` focal points are left alone); returns how
-        many copies were replaced. A link whose state flips (a port going down) is copied into every
-        clique a walk reached it from: rewriting those copies where they are stored costs far less
-        than reading and replacing each whole clique document."""
+    def patch_clique_links(self, environment: str, keys: Iterable[LinkKey], skip: Iterable[str] = ()) -> int:
+        """Bring the copies of these links in the cliques' ``links_detailed`` up to date with the
+        links as stored (cliques of the ``skip`` focal points, about to be rebuilt, may be left as
+        they are); returns how many copies were rewritten. A link whose state flips (a port going
+        down) is copied into every clique a walk reached it from (``keeps_link_copies``)."""
 
     # -- clique types and constraints ----------------------------------------------------------------
     @abc.abstractmethod

@@ -643,20 +643,18 @@ class MongoStore(Store):
         with self._op():
             return self._docs(self._db[CLIQUES].find(query).sort("focal_point", ASCENDING))
 
-    def patch_clique_links(self, environment: str, links: Iterable[Mapping[str, Any]],
-                           skip: Iterable[str] = ()) -> int:
+    def patch_clique_links(self, environment: str, keys: Iterable[LinkKey], skip: Iterable[str] = ()) -> int:
         # The positional operator replaces the array element the filter matched: a link is in a
         # clique's links_detailed at most once. Its ends narrow the search through the nodes index.
         skipped = sorted(set(skip))
         ops = []
-        for link in links:
-            check_keys(link, ("id", "source_id", "target_id"), "link")
+        for link in self.find_links(environment, keys=keys):
             ends: list[Doc] = [{"$or": [{"nodes": end}, {"focal_point": end}]}
                                for end in (link["source_id"], link["target_id"])]
             ops.append(UpdateMany(
                 {"environment": environment, "$and": ends, "focal_point": {"$nin": skipped},
                  "links_detailed.id": link["id"]},
-                {"$set": {"links_detailed.$": encode(dict(link))}}))
+                {"$set": {"links_detailed.$": encode(link)}}))
         patched = 0
         for at in range(0, len(ops), BATCH):
             with self._op():

@@ -74,7 +74,6 @@ CREATE TABLE IF NOT EXISTS host_keys (
 """
 
 _IDS = "(SELECT value FROM json_each(?))"
-_JSON_SET_PAIRS = 60  # path/value pairs in one json_set call: SQLite allows a function 127 arguments
 # An object and its whole subtree, by walking parent_id through the parent index: no index on the
 # long id_path strings is needed (it made every bulk upsert a third slower). Params: env, id, env.
 _SUBTREE = ("WITH RECURSIVE subtree(id) AS (SELECT id FROM inventory WHERE environment = ? AND id = ? "
@@ -97,6 +96,8 @@ def path_from_url(url: str) -> Path:
 
 
 class SqliteStore(Store):
+    keeps_link_copies = False  # a clique's links_detailed are attached from the links table when it is read
+
     def __init__(self, url: str, *, busy_timeout_s: float = 30.0) -> None:
         self.url = url
         self.path = path_from_url(url)
@@ -124,10 +125,12 @@ class SqliteStore(Store):
             cur.execute(
                 "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
             )
-            for table in ("inventory", "links"):  # monitoring status lives beside the document it annotates
+            # columns added since a file was created: monitoring status lives beside the document it
+            # annotates; a clique's links are named by their keys and attached when it is read
+            for table, column in (("inventory", "monitor"), ("links", "monitor"), ("cliques", "link_keys")):
                 columns = {row[1] for row in cur.execute(f"PRAGMA table_info({table})").fetchall()}
-                if "monitor" not in columns:
-                    cur.execute(f"ALTER TABLE {table} ADD COLUMN monitor TEXT")
+                if column not in columns:
+                    cur.execute(f"ALTER TABLE {table} ADD COLUMN {column} TEXT")
 
     # -- plumbing ----------------------------------------------------------------------------------
     @contextmanager
@@ -573,7 +576,11 @@ class SqliteStore(Store):
             body = dict(doc)
             body["environment"] = environment
             focal = body["focal_point"]
-            clique_rows.append((environment, focal, dumps(body)))
+            # Calipso's links_detailed are copies of stored links: only their keys are kept, and the
+            # links are attached as they are when the clique is read (a link's change rewrites no clique)
+            keys = [[str(lk["link_type"]), str(lk["source_id"]), str(lk["target_id"])]
+                    for lk in body.pop("links_detailed", None) or ()]
+            clique_rows.append((environment, focal, dumps(body), orjson.dumps(keys).decode()))
             nodes = set(body.get("nodes") or ()) | {focal}
             node_rows += [(environment, node, focal) for node in nodes]
         with self._write() as cur:
@@ -593,7 +600,8 @@ class SqliteStore(Store):
                 cur.executemany("DELETE FROM clique_nodes WHERE environment = ? AND node_id = ? AND focal_point = ?",
                                 sorted(had - wanted))
                 node_rows = sorted(wanted - had)
-            cur.executemany("INSERT INTO cliques (environment, focal_point, doc) VALUES (?, ?, ?)", clique_rows)
+            cur.executemany("INSERT INTO cliques (environment, focal_point, doc, link_keys) VALUES (?, ?, ?, ?)",
+                            clique_rows)
             cur.executemany(
                 "INSERT OR IGNORE INTO clique_nodes (environment, node_id, focal_point) VALUES (?, ?, ?)", node_rows
             )
@@ -622,44 +630,32 @@ class SqliteStore(Store):
                 "AND b.node_id = json_extract(p.value, '$[1]'))"
             )
             params += [orjson.dumps([list(pair) for pair in holding]).decode(), environment]
-        return self._docs(f"SELECT c.doc FROM cliques c WHERE {' AND '.join(where)} ORDER BY c.focal_point", params)
+        rows = self._read(f"SELECT c.doc, c.link_keys FROM cliques c WHERE {' AND '.join(where)} "
+                          "ORDER BY c.focal_point", params)
+        return self._with_links(environment, rows)
 
-    def patch_clique_links(self, environment: str, links: Iterable[Mapping[str, Any]],
-                           skip: Iterable[str] = ()) -> int:
-        # In SQL, so no clique document is decoded in Python: a clique's ``links`` ids are in the
-        # order of its ``links_detailed``, so an id's place in the first is its copy's place in the
-        # second. Each clique is parsed once to find those places and rewritten once with all of its
-        # copies (a network's clique can hold thousands of links, and a batch flips many of them).
-        links = list(links)
-        docs: dict[str, str] = {}
-        for link in links:
-            check_keys(link, ("id", "source_id", "target_id"), "link")
-            docs[str(link["id"])] = dumps(link)
-        if not docs:
-            return 0
-        with self._write() as cur:
-            # the cliques with both ends of one of the links among their nodes: the only ones that can hold it
-            ends = orjson.dumps([[link["source_id"], link["target_id"]] for link in links]).decode()
-            places = cur.execute(
-                "SELECT c.focal_point, e.key, e.value FROM cliques c, json_each(c.doc, '$.links') e "
-                "WHERE c.environment = ? AND c.focal_point IN (SELECT a.focal_point FROM json_each(?) p "
-                "CROSS JOIN clique_nodes a CROSS JOIN clique_nodes b WHERE a.environment = ? "
-                "AND a.node_id = json_extract(p.value, '$[0]') AND b.environment = a.environment "
-                "AND b.focal_point = a.focal_point AND b.node_id = json_extract(p.value, '$[1]')) "
-                f"AND c.focal_point NOT IN {_IDS} AND e.value IN {_IDS}",
-                (environment, ends, environment, _idlist(set(skip)), _idlist(docs))).fetchall()
-            by_clique: dict[str, list[tuple[int, str]]] = {}
-            for focal, place, link_id in places:
-                by_clique.setdefault(focal, []).append((place, link_id))
-            for focal, copies in by_clique.items():
-                expr, params = "doc", []
-                for at in range(0, len(copies), _JSON_SET_PAIRS):  # SQLite bounds a function's arguments
-                    chunk = copies[at:at + _JSON_SET_PAIRS]
-                    expr = f"json_set({expr}{', ?, json(?)' * len(chunk)})"
-                    params += [v for place, link_id in chunk for v in (f"$.links_detailed[{place}]", docs[link_id])]
-                cur.execute(f"UPDATE cliques SET doc = {expr} WHERE environment = ? AND focal_point = ?",
-                            (*params, environment, focal))
-        return len(places)
+    def _with_links(self, environment: str, rows: list[tuple[Any, ...]]) -> list[Doc]:
+        """Clique documents with their ``links_detailed``: the links their keys name, as stored now."""
+        docs: list[Doc] = []
+        named: list[list[LinkKey]] = []
+        for text, key_text in rows:
+            doc = loads(text)
+            if key_text is None:  # written before links were attached on read: its own copies name them
+                keys = [(lk["link_type"], lk["source_id"], lk["target_id"]) for lk in doc.get("links_detailed") or ()]
+            else:
+                keys = [(k[0], k[1], k[2]) for k in orjson.loads(key_text)]
+            docs.append(doc)
+            named.append(keys)
+        wanted = {key for keys in named for key in keys}
+        found = {(lk["link_type"], lk["source_id"], lk["target_id"]): lk
+                 for lk in self.find_links(environment, keys=wanted)} if wanted else {}
+        for doc, keys in zip(docs, named, strict=True):
+            # shared between cliques that hold the same link: clique documents are read-only to callers
+            doc["links_detailed"] = [found[key] for key in keys if key in found]
+        return docs
+
+    def patch_clique_links(self, environment: str, keys: Iterable[LinkKey], skip: Iterable[str] = ()) -> int:
+        return 0  # no copies: a clique's links are attached as stored when it is read
 
     # -- clique types and constraints ----------------------------------------------------------------
     def upsert_clique_type(self, doc: Mapping[str, Any]) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from stackmap.errors import DuplicateError, NotFound
-from stackmap.model import Clique, Link, Message, Scan, ScheduledScan
+from stackmap.model import Clique, Link, Message, Scan, ScheduledScan, link_id
 from stackmap.store import Store
 
 ENV = "lab"
@@ -274,46 +274,53 @@ def test_find_cliques_holding_both_ends_of_a_link(store: Store) -> None:
     assert [c["focal_point"] for c in store.find_cliques(ENV, focal_point="i2", holding=[("p1", "n1")])] == []
 
 
-def test_patch_clique_links_replaces_the_copies_of_links_in_the_cliques_that_hold_them(store: Store) -> None:
-    def link(source: str, target: str, **extra: Any) -> dict[str, Any]:
-        return {"id": f"t|{source}|{target}", "link_type": "t", "source_id": source, "target_id": target, **extra}
+def test_a_cliques_links_detailed_are_its_links_as_stored(store: Store) -> None:
+    """Calipso's links_detailed: the clique's links, as the links collection holds them once a
+    changed link's copies are patched (MongoDB keeps copies; SQLite attaches the links on read)."""
+    p1n1, p2n1 = link("port-network", "p1", "n1"), link("port-network", "p2", "n1")
+    i1p1 = link("instance-port", "i1", "p1")
+    store.upsert_links(ENV, [p1n1, p2n1, i1p1])
+    store.upsert_links("other", [p1n1])
+    stored = {lk["id"]: lk for lk in store.find_links(ENV)}
 
     def with_links(focal: str, nodes: list[str], links: list[dict[str, Any]]) -> dict[str, Any]:
-        doc = dict(clique(focal, nodes), links=[lk["id"] for lk in links], links_detailed=links)
-        return doc
+        held = [stored[link_id(lk["link_type"], lk["source_id"], lk["target_id"])] for lk in links]
+        return dict(clique(focal, nodes), links=[lk["id"] for lk in held], links_detailed=held)
 
-    p1n1, p2n1, i1p1 = link("p1", "n1", state="up"), link("p2", "n1", state="up"), link("i1", "p1", state="up")
-    seen = datetime(2026, 11, 24, 1, 2, 3, 456000, tzinfo=UTC)
     store.replace_cliques(ENV, [with_links("i1", ["i1", "p1", "n1"], [i1p1, p1n1]),
                                 with_links("i2", ["i2", "p2", "n1"], [p2n1]),
                                 with_links("n1", ["p1", "p2"], [p1n1, p2n1]),  # its focal point is not in its nodes
-                                with_links("i3", ["i3", "i1", "p1", "n1"], [i1p1]),  # p1 and n1, but not that link
-                                with_links("i4", ["i4", "p1", "n1"], [p1n1])])
-    store.replace_cliques("other", [with_links("i1", ["i1", "p1", "n1"], [p1n1])])
-    down = link("p1", "n1", state="down", last_seen=seen, extra={"deep": [1, 2.5, None]})
-    assert store.patch_clique_links(ENV, [down], skip=["i4"]) == 2
+                                with_links("i3", ["i3", "i1", "p1", "n1"], [i1p1])])  # p1 and n1, not that link
+    elsewhere = store.find_links("other")
+    store.replace_cliques("other", [dict(clique("i1", ["i1", "p1", "n1"]), links=[lk["id"] for lk in elsewhere],
+                                         links_detailed=elsewhere)])
     by_focal = {c["focal_point"]: c for c in store.find_cliques(ENV)}
-    assert by_focal["i1"]["links_detailed"] == [i1p1, down]
-    assert by_focal["n1"]["links_detailed"] == [down, p2n1]
-    assert by_focal["i1"]["links"] == [i1p1["id"], p1n1["id"]]  # ids, nodes and the rest untouched
+    assert by_focal["i1"]["links_detailed"] == [stored[by_focal["i1"]["links"][0]], stored[by_focal["i1"]["links"][1]]]
+    assert [lk["link_type"] for lk in by_focal["i1"]["links_detailed"]] == ["instance-port", "port-network"]
+
+    # p1 goes down: its link changes, and the cliques' copies are brought up to date
+    store.upsert_links(ENV, [link("port-network", "p1", "n1", state="down")])
+    down = store.find_links(ENV, keys=[("port-network", "p1", "n1")])[0]
+    assert down["state"] == "down"
+    store.patch_clique_links(ENV, [("port-network", "p1", "n1"), ("port-network", "zz", "n1")])
+    by_focal = {c["focal_point"]: c for c in store.find_cliques(ENV)}
+    assert by_focal["i1"]["links_detailed"][1] == down and by_focal["n1"]["links_detailed"][0] == down
+    assert by_focal["n1"]["links_detailed"][1] == stored[link_id("port-network", "p2", "n1")]  # untouched
     assert by_focal["i1"]["nodes"] == ["i1", "p1", "n1"] and by_focal["i1"]["constraints"] == {"network": ["n1"]}
-    assert by_focal["i2"]["links_detailed"] == [p2n1] and by_focal["i3"]["links_detailed"] == [i1p1]
-    assert by_focal["i4"]["links_detailed"] == [p1n1]  # skipped
-    assert store.find_cliques("other")[0]["links_detailed"] == [p1n1]  # another environment's
-    assert [c["focal_point"] for c in store.find_cliques(ENV, containing=["p1"])] == ["i1", "i3", "i4", "n1"]
-    # several links at once; an unknown one changes nothing
-    p2_down, i1_down = link("p2", "n1", state="down"), link("i1", "p1", state="down")
-    assert store.patch_clique_links(ENV, [p2_down, i1_down, link("zz", "n1")]) == 4
-    by_focal = {c["focal_point"]: c for c in store.find_cliques(ENV)}
-    assert by_focal["n1"]["links_detailed"] == [down, p2_down]
-    assert by_focal["i1"]["links_detailed"] == [i1_down, down] and by_focal["i3"]["links_detailed"] == [i1_down]
+    assert by_focal["i3"]["links_detailed"] == [stored[link_id("instance-port", "i1", "p1")]]
+    assert store.find_cliques("other")[0]["links_detailed"][0].get("state") != "down"  # another environment's
     assert store.patch_clique_links(ENV, []) == 0
-    # a clique holding many links, all patched at once
-    many = [link(f"p{n}", "big") for n in range(130)]
-    store.replace_cliques(ENV, [with_links("big", [f"p{n}" for n in range(130)], many)], focal_points=["big"])
-    flipped = [dict(lk, state="down") for lk in many]
-    assert store.patch_clique_links(ENV, iter(flipped)) == 130
-    assert store.find_cliques(ENV, focal_point="big")[0]["links_detailed"] == flipped
+
+    # a clique holding many links, all changed at once
+    many = [link("port-network", f"q{n}", "big") for n in range(130)]
+    store.upsert_links(ENV, many)
+    held = store.find_links(ENV, targets=["big"])
+    store.replace_cliques(ENV, [dict(clique("big", [f"q{n}" for n in range(130)]), links=[lk["id"] for lk in held],
+                                     links_detailed=held)], focal_points=["big"])
+    store.upsert_links(ENV, [dict(lk, state="down") for lk in many])
+    store.patch_clique_links(ENV, iter([(lk["link_type"], lk["source_id"], lk["target_id"]) for lk in many]))
+    assert store.find_cliques(ENV, focal_point="big")[0]["links_detailed"] == store.find_links(ENV, targets=["big"])
+    assert {lk["state"] for lk in store.find_cliques(ENV, focal_point="big")[0]["links_detailed"]} == {"down"}
 
 
 def test_clique_types_and_constraints(store: Store) -> None:
