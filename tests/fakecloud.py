@@ -1050,6 +1050,11 @@ class FakeCloudServer:
         """Leave a service out of the catalogs issued from now on (in one region, or all)."""
         self.missing_services.add((service_type, region))
 
+    def openstack_section(self, **extra: Any) -> dict[str, Any]:
+        """An environment's OpenStack section that reaches this server as its admin user."""
+        return {"name": "OpenStack", "auth_url": self.auth_url, "user": self.cloud.user, "pwd": self.cloud.password,
+                **extra}
+
     def point_service_at(self, service_type: str, url: str, region: str | None = None) -> None:
         """Put another URL (e.g. a closed port) in the catalog for a service."""
         self.endpoint_overrides[(service_type, region)] = url

@@ -99,8 +99,7 @@ def rig_factory(tmp_path: Path) -> Iterator[Any]:
             box = SecretBox(tmp_path / "k")
             add_environment(store, box, EnvironmentConfig.model_validate({
                 "name": ENV, "distribution": "Stock", "mechanism_drivers": [mechanism], "type_drivers": "vxlan",
-                "configuration": [{"name": "OpenStack", "auth_url": server.auth_url, "user": server.cloud.user,
-                                   "pwd": server.cloud.password, "project": "admin"}],
+                "configuration": [server.openstack_section(project="admin")],
             }))
             hosts = {name: new_host(bed, name) for name in (CONTROLLER, C0, C1)}
             # a port of the tenant network bound to compute-000, as neutron binds an instance's port

@@ -67,8 +67,7 @@ def ssh_scan(tmp_path: Path) -> Iterator[tuple[object, ...]]:
         add_environment(store, box, EnvironmentConfig.model_validate({
             "name": ENV, "distribution": "Stock", "mechanism_drivers": ["OVS"], "type_drivers": "vxlan",
             "configuration": [
-                {"name": "OpenStack", "auth_url": server.auth_url, "user": server.cloud.user,
-                 "pwd": server.cloud.password, "project": "admin"},
+                server.openstack_section(project="admin"),
                 {"name": "CLI", "host": hosts[C0].ip, "user": "root", "key": bed.client_key,
                  "connection_policy": "public"},
             ],

@@ -36,16 +36,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from daemons.scan_manager import jobs
 from daemons.scan_manager.schedules import new_schedule, slot_scan_id
 from stackmap.discovery.scan import ScanOptions
-from stackmap.environments import add_environment
-from stackmap.model import EnvironmentConfig, Scan, utcnow
-from stackmap.secrets import SecretBox
-from stackmap.store import Doc, Store, open_store
-from tests.fakecloud import CloudSize, FakeCloud, FakeCloudServer
+from stackmap.model import Scan, utcnow
+from stackmap.store import Doc, Store
+from tests.fakecloud import FakeCloud, FakeCloudServer
+from tests.scan_manager_rig import ENV, SMALL, TOKENS, served_environment
 
-ENV = "fake"
-SMALL = CloudSize(projects=2, hosts=2, instances=4, networks=2, routers=1, floating_ips=1, volumes=2, snapshots=1,
-                  flavors=2, images=1, aggregates=1)
-TOKENS = "/identity/v3/auth/tokens"
 LEASE_S = 4.0
 POLL_S = 0.2
 ROOT = Path(__file__).resolve().parents[2]
@@ -156,15 +151,8 @@ def children(pid: int) -> list[int]:
 
 @pytest.fixture
 def rig(tmp_path: Path) -> Iterator[Rig]:
-    cloud = FakeCloud(SMALL)
-    with FakeCloudServer(cloud) as server:
-        url = f"sqlite:///{tmp_path}/stackmap.db"
-        store = open_store(url)
-        key = tmp_path / "secret.key"
-        add_environment(store, SecretBox(key), EnvironmentConfig.model_validate({
-            "name": ENV, "configuration": [{"name": "OpenStack", "auth_url": server.auth_url, "user": cloud.user,
-                                            "pwd": cloud.password, "project": "admin"}]}))
-        r = Rig(cloud, server, store, url, key, tmp_path)
+    with served_environment(tmp_path) as served:
+        r = Rig(served.cloud, served.server, served.store, served.url, served.key, tmp_path)
         try:
             yield r
         finally:
@@ -172,7 +160,6 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
                 if manager.proc.poll() is None:
                     manager.proc.kill()
                     manager.proc.wait(10)
-            store.close()
 
 
 def test_two_managers_run_each_of_20_queued_scans_exactly_once(rig: Rig) -> None:

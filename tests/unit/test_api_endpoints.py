@@ -25,8 +25,8 @@ def served(tmp_path: Path) -> Iterator[tuple[FakeCloudServer, OpenStackClient]]:
     cloud = FakeCloud(SIZE)
     with FakeCloudServer(cloud) as server, open_store(f"sqlite:///{tmp_path}/s.db") as store:
         box = SecretBox(tmp_path / "key")
-        add_environment(store, box, EnvironmentConfig.model_validate({"name": "lab", "configuration": [
-            {"name": "OpenStack", "auth_url": server.auth_url, "user": cloud.user, "pwd": cloud.password}]}))
+        add_environment(store, box, EnvironmentConfig.model_validate(
+            {"name": "lab", "configuration": [server.openstack_section()]}))
         section = load_environment(store, "lab").section("OpenStack")
         assert section is not None
         yield server, OpenStackClient(section, box)

@@ -27,8 +27,7 @@ def cloud_env(tmp_path: Path) -> Iterator[tuple[FakeCloud, FakeCloudServer, Path
     with FakeCloudServer(cloud) as server:
         config = tmp_path / "lab.yaml"
         config.write_text(json.dumps({"name": "lab", "configuration": [
-            {"name": "OpenStack", "auth_url": server.auth_url, "user": cloud.user, "pwd": cloud.password,
-             "project": "admin"}]}))
+            server.openstack_section(project="admin")]}))
         assert stackmap("env", "add", str(config)).returncode == 0
         yield cloud, server, config
 

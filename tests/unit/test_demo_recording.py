@@ -58,8 +58,7 @@ def test_record_then_replay_gives_the_same_map(tmp_path: Path) -> None:
     with FakeCloudServer(cloud) as server:
         live = open_store(f"sqlite:///{tmp_path / 'live.db'}")
         add_environment(live, box, EnvironmentConfig.model_validate({
-            "name": "lab", "configuration": [{"name": "OpenStack", "auth_url": server.auth_url, "user": cloud.user,
-                                              "pwd": cloud.password, "project": "admin"}]}))
+            "name": "lab", "configuration": [server.openstack_section(project="admin")]}))
         recorder = RecordingAdapter()
         assert Scanner(live, box, "lab", ScanOptions(), adapter=recorder).run().status == "completed"
         recorder.save(tmp_path / "rec")

@@ -22,18 +22,12 @@ from prometheus_client import REGISTRY
 from daemons.scan_manager import jobs
 from daemons.scan_manager.manager import ScanManager
 from stackmap.discovery.scan import ScanOptions
-from stackmap.environments import add_environment
 from stackmap.errors import StoreUnavailable
-from stackmap.model import EnvironmentConfig, Scan, utcnow
-from stackmap.secrets import SecretBox
+from stackmap.model import Scan, utcnow
 from stackmap.settings import load_settings
-from stackmap.store import Doc, Store, open_store
-from tests.fakecloud import CloudSize, FakeCloud, FakeCloudServer
-
-ENV = "fake"
-SMALL = CloudSize(projects=2, hosts=2, instances=4, networks=2, routers=1, floating_ips=1, volumes=2, snapshots=1,
-                  flavors=2, images=1, aggregates=1)
-TOKENS = "/identity/v3/auth/tokens"
+from stackmap.store import Doc, Store
+from tests.fakecloud import FakeCloud, FakeCloudServer
+from tests.scan_manager_rig import ENV, SMALL, TOKENS, served_environment
 
 
 @dataclass
@@ -61,16 +55,8 @@ class Rig:
 
 @pytest.fixture
 def rig(tmp_path: Path) -> Iterator[Rig]:
-    cloud = FakeCloud(SMALL)
-    with FakeCloudServer(cloud) as server:
-        url = f"sqlite:///{tmp_path}/s.db"
-        store = open_store(url)
-        key = tmp_path / "secret.key"
-        add_environment(store, SecretBox(key), EnvironmentConfig.model_validate({
-            "name": ENV, "configuration": [{"name": "OpenStack", "auth_url": server.auth_url, "user": cloud.user,
-                                            "pwd": cloud.password, "project": "admin"}]}))
-        yield Rig(cloud, server, store, url, key)
-        store.close()
+    with served_environment(tmp_path) as served:
+        yield Rig(served.cloud, served.server, served.store, served.url, served.key)
 
 
 def drive(manager: ScanManager, until: Callable[[], bool], timeout: float = 20.0) -> None:
