@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
+
 MAX_BODY_BYTES = 4 * 1024 * 1024
 
 
@@ -63,6 +65,15 @@ def unwrap(value: Any) -> Any:
     return value
 
 
+def _loads(text: str) -> Any:
+    """orjson where it can (a few times faster on every message); the standard decoder where orjson
+    refuses what the standard one reads (NaN, integers beyond 64 bits) or to say what is wrong."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)
+
+
 def parse(body: Any) -> Notification:
     """Decode a message body (bytes, text or an already-decoded dict) into a Notification."""
     if isinstance(body, bytes | bytearray):
@@ -76,7 +87,7 @@ def parse(body: Any) -> Notification:
         if len(body) > MAX_BODY_BYTES:
             raise BadMessage("too_large", f"{len(body)} characters")
         try:
-            body = json.loads(body)
+            body = _loads(body)
         except json.JSONDecodeError as exc:
             raise BadMessage("not_json", exc.msg) from None
         except RecursionError:
@@ -88,7 +99,7 @@ def parse(body: Any) -> Notification:
         if not isinstance(inner, str):
             raise BadMessage("bad_envelope", "oslo.message is not a string")
         try:
-            body = json.loads(inner)
+            body = _loads(inner)
         except json.JSONDecodeError as exc:
             raise BadMessage("bad_envelope", f"oslo.message is not JSON: {exc.msg}") from None
         except RecursionError:

@@ -140,6 +140,24 @@ def test_absurdly_nested_json_is_a_bad_message_not_a_crash(body: bytes) -> None:
     assert caught.value.reason == "too_deep"
 
 
+def test_bodies_the_standard_decoder_reads_are_read_alike() -> None:
+    """The envelope decodes with orjson, which refuses NaN and integers beyond 64 bits: those
+    messages are still read, as oslo's json-based serializer may write them."""
+    import json
+
+    from handlers.envelope import BadMessage, parse
+
+    inner = {"event_type": "port.update.end", "priority": "INFO", "message_id": "m1",
+             "payload": {"port": {"id": "p1", "rate": float("nan"), "big": 2**70, "name": "caf\u00e9 \u2603"}}}
+    for body in (json.dumps({"oslo.version": "2.0", "oslo.message": json.dumps(inner)}).encode(),
+                 json.dumps(inner).encode()):
+        port = parse(body).payload["port"]
+        assert port["big"] == 2**70 and port["rate"] != port["rate"] and port["name"] == "caf\u00e9 \u2603"
+    with pytest.raises(BadMessage) as caught:
+        parse(b'{"event_type": "x", "payload": {}')
+    assert caught.value.reason == "not_json" and "Expecting" in str(caught.value)
+
+
 @pytest.mark.parametrize(("stamp", "expected"), [
     ("2026-11-23 12:00:00.500000", 1795435200.5),  # oslo: naive UTC
     ("2026-11-23T12:00:00Z", 1795435200.0),
