@@ -42,7 +42,7 @@ PROXIES = {
 }
 PAGE_LIMIT = 1000
 # How long a service's endpoint, found through the catalog and version discovery, is reused: the
-# lookup deep-copies the catalog and parses its dates at every request (a third of a read's CPU),
+# lookup deep-copies the catalog and parses its dates at every request (a quarter of a read's CPU),
 # and an event listener's client lives as long as the daemon, so a moved endpoint is found again.
 ENDPOINT_TTL_S = 300.0
 
@@ -75,8 +75,8 @@ _ENVIRONMENT_BUNDLES = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")  # requests read
 
 def settle_environment(sess: ks_session.Session) -> None:
     """Stop requests from reading the process environment again at every request (every variable,
-    twice: ~0.7 ms of each ~1.1 ms API read an event handler makes) unless a proxy or netrc setting
-    is there. A CA bundle named in the environment is given to the session instead, as the
+    twice: a sixth of an API read's CPU here, more in a large environment) unless a proxy or netrc
+    setting is there. A CA bundle named in the environment is given to the session instead, as the
     ``verify`` requests would have taken from it (only where nothing else was configured)."""
     if any(name.lower() in _ENVIRONMENT_PROXIES for name in os.environ):
         return
