@@ -134,8 +134,10 @@ class Change:
         done = f"{len(self.upserted)} object(s) refreshed ({self.written} written), {len(self.deleted)} deleted, "
         if self.deferred:
             return done + "links and cliques redone at the batch's commit"
-        return done + (f"links +{self.links_written}/-{self.links_deleted}, {self.cliques_rebuilt} clique(s) rebuilt, "
-                       f"{self.clique_links_patched} link copies patched in others")
+        text = f"links +{self.links_written}/-{self.links_deleted}, {self.cliques_rebuilt} clique(s) rebuilt"
+        if self.clique_links_patched:  # a store that keeps copies of links in cliques (MongoDB)
+            text += f", {self.clique_links_patched} link copies patched in others"
+        return done + text
 
 
 class MissingParent(StackmapError):
