@@ -213,6 +213,25 @@ class SqliteStore(Store):
             with self._lock:
                 frame.__exit__(None, None, None)
 
+    @contextmanager
+    def _snapshot(self) -> Iterator[None]:
+        """Several reads that must see one state: outside a transaction each statement sees the
+        latest commit, and another process (the scan manager, a listener) may commit in between.
+        A deferred transaction takes no write lock."""
+        with self._lock:
+            if self._conn.in_transaction:
+                yield
+                return
+            try:
+                self._conn.execute("BEGIN")
+            except sqlite3.OperationalError as exc:
+                raise StoreUnavailable(f"SQLite store {self.path}: {exc}") from None
+            try:
+                yield
+            finally:
+                with suppress(sqlite3.Error):
+                    self._conn.execute("COMMIT")
+
     def _read(self, sql: str, params: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
             try:
@@ -630,9 +649,10 @@ class SqliteStore(Store):
                 "AND b.node_id = json_extract(p.value, '$[1]'))"
             )
             params += [orjson.dumps([list(pair) for pair in holding]).decode(), environment]
-        rows = self._read(f"SELECT c.doc, c.link_keys FROM cliques c WHERE {' AND '.join(where)} "
-                          "ORDER BY c.focal_point", params)
-        return self._with_links(environment, rows)
+        with self._snapshot():  # the cliques and the links they name, as of one moment
+            rows = self._read(f"SELECT c.doc, c.link_keys FROM cliques c WHERE {' AND '.join(where)} "
+                              "ORDER BY c.focal_point", params)
+            return self._with_links(environment, rows)
 
     def _with_links(self, environment: str, rows: list[tuple[Any, ...]]) -> list[Doc]:
         """Clique documents with their ``links_detailed``: the links their keys name, as stored now."""

@@ -8,6 +8,7 @@ import sqlite3
 from pathlib import Path
 
 import orjson
+import pytest
 
 from stackmap.model import Clique, Link
 from stackmap.store.sqlite import SqliteStore
@@ -62,3 +63,32 @@ def test_a_file_from_before_reads_its_embedded_cliques_with_the_links_as_stored(
     store.upsert_links(ENV, [link("port-network", "p1", "n1", state="down")])
     assert [lk.get("state") for lk in store.find_cliques(ENV)[0]["links_detailed"]] == ["up", "down"]
     store.close()
+
+
+def test_a_clique_and_its_links_are_read_as_of_one_moment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another process (a listener, the scan manager) may commit between the read of the cliques
+    and the read of their links: the reader still sees both as they were together."""
+    url = f"sqlite:///{tmp_path}/map.db"
+    reader, writer = SqliteStore(url), SqliteStore(url)
+    reader.upsert_links(ENV, [link("instance-port", "i1", "p1"), link("port-network", "p1", "n1")])
+    held = reader.find_links(ENV)
+    reader.replace_cliques(ENV, [dict(Clique(environment=ENV, focal_point="i1", focal_point_type="instance",
+                                             clique_type="t", nodes=["i1", "p1", "n1"],
+                                             links=[lk["id"] for lk in held]).to_doc(), links_detailed=held)])
+    real = reader.find_links
+
+    def after_a_commit_elsewhere(environment: str, **filters: object) -> list[dict[str, object]]:
+        # the port leaves its network, and its clique is rebuilt without that link, in between
+        writer.delete_links(ENV, [("port-network", "p1", "n1")])
+        writer.upsert_links(ENV, [link("instance-port", "i1", "p1", state="down")])
+        return real(environment, **filters)  # type: ignore[arg-type]  # the filters find_links takes
+
+    monkeypatch.setattr(reader, "find_links", after_a_commit_elsewhere)
+    clique = reader.find_cliques(ENV)[0]
+    assert [lk["link_type"] for lk in clique["links_detailed"]] == ["instance-port", "port-network"]
+    assert clique["links_detailed"][0].get("state") == "up"
+    monkeypatch.undo()
+    assert [(lk["link_type"], lk.get("state")) for lk in reader.find_cliques(ENV)[0]["links_detailed"]] == [
+        ("instance-port", "down")]
+    reader.close()
+    writer.close()
