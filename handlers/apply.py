@@ -41,7 +41,7 @@ from stackmap.logging import get_logger
 from stackmap.model import EnvironmentConfig, link_id
 from stackmap.secrets import SecretBox
 from stackmap.store import Store
-from stackmap.store.base import MONITOR_FIELDS, MONITOR_STATUS
+from stackmap.store.base import MONITOR_FIELDS, MONITOR_STATUS, link_key
 from stackmap.store.codec import dumps, loads
 
 log = get_logger("stackmap.events")
@@ -458,21 +458,21 @@ class MapUpdater:
             ends = {e for lk in touching for e in (lk["source_id"], lk["target_id"])} - set(holders)
             if ends:
                 others = self.store.find_objects(self.environment, ids=ends)
-                fresh_keys_so_far = {_key(lk) for lk in fresh}
+                fresh_keys_so_far = {link_key(lk) for lk in fresh}
                 fresh += [lk for lk in find_links(self.environment, others, lookup, self.finders)
                           if (lk["source_id"] in renamed or lk["target_id"] in renamed)
-                          and _key(lk) not in fresh_keys_so_far]
+                          and link_key(lk) not in fresh_keys_so_far]
         held_types = {t for h in holders.values() for t in self._held.get(h["type"], ())}
-        current = {_key(lk): lk for lk in self.store.find_links(
+        current = {link_key(lk): lk for lk in self.store.find_links(
             self.environment, touching=list(holders), link_types=held_types)} if held_types else {}
-        missing = {_key(lk) for lk in fresh} - set(current)
+        missing = {link_key(lk) for lk in fresh} - set(current)
         if missing:  # links of renamed objects held by others: compare them with what is stored too
-            current.update({_key(lk): lk for lk in self.store.find_links(
+            current.update({link_key(lk): lk for lk in self.store.find_links(
                 self.environment, touching=sorted({k[1] for k in missing}),
-                link_types=sorted({k[0] for k in missing})) if _key(lk) in missing})
+                link_types=sorted({k[0] for k in missing})) if link_key(lk) in missing})
         differing = []
         for link in fresh:
-            key = _key(link)
+            key = link_key(link)
             stored = current.get(key)
             if stored is None or _link_differs(link, stored):
                 differing.append(link)
@@ -485,7 +485,7 @@ class MapUpdater:
                     change.links_added.append(link)
         if differing:
             change.links_written += self.store.upsert_links(self.environment, differing)
-        fresh_keys = {_key(lk) for lk in fresh}
+        fresh_keys = {link_key(lk) for lk in fresh}
         stale = {key for key, lk in current.items() if key not in fresh_keys and self._held_by(lk, holders)}
         if stale:
             change.links_deleted += self.store.delete_links(self.environment, stale)
@@ -592,7 +592,7 @@ class MapUpdater:
         self._pending, self._pending_touched = None, set()
         if pending is None:
             return 0
-        unique = {_key(lk): lk for lk in pending.links_added}  # a link noted twice is checked once
+        unique = {link_key(lk): lk for lk in pending.links_added}  # a link noted twice is checked once
         pending.links_added = list(unique.values())
         self._reclique_now(pending, touched)
         return pending.cliques_rebuilt
@@ -724,10 +724,6 @@ def _merged_into(read: Read) -> tuple[MergeKey, str] | None:
     if len(params) == 1 and (res.name, params[0][0]) in MERGED_LISTS:
         return (res, region, params[0][0]), str(params[0][1])
     return None
-
-
-def _key(link: Doc) -> tuple[str, str, str]:
-    return (str(link["link_type"]), str(link["source_id"]), str(link["target_id"]))
 
 
 def _link_differs(fresh: Doc, stored: Doc) -> bool:

@@ -24,7 +24,7 @@ from typing import Any, ClassVar, Protocol
 from stackmap.errors import ConfigError
 from stackmap.model import LinkState, link_id
 from stackmap.paths import defaults_dir
-from stackmap.store.base import Doc, Store
+from stackmap.store.base import Doc, Store, link_key
 
 __all__ = [
     "FINDER_CLASSES",
@@ -686,7 +686,7 @@ def find_links(
         if not mine:
             continue
         for link in finder.find(mine, lookup, environment):
-            result.setdefault((link["link_type"], link["source_id"], link["target_id"]), link)
+            result.setdefault(link_key(link), link)
     return list(result.values())
 
 

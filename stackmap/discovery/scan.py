@@ -35,6 +35,7 @@ from stackmap.model import EnvironmentConfig, Message, MessageLevel, ScanStatus,
 from stackmap.secrets import SecretBox
 from stackmap.settings import SshSettings
 from stackmap.store import Store
+from stackmap.store.base import link_key
 from stackmap.store.codec import dumps
 
 log = get_logger("stackmap.scan")
@@ -432,7 +433,7 @@ class Scanner:
         self.progress.counted("links", len(links))
         if prune:
             owned = link_types_of(finders)
-            new_keys = {(lk["link_type"], lk["source_id"], lk["target_id"]) for lk in links}
+            new_keys = {link_key(lk) for lk in links}
             gone = self.store.link_keys(env_name, owned) - new_keys
             if gone:
                 self.summary.links_deleted += self.store.delete_links(env_name, gone)

@@ -29,6 +29,7 @@ from stackmap.store.base import (
     LinkKey,
     Store,
     check_keys,
+    link_key,
 )
 from stackmap.store.codec import dumps, iso, loads, parse_iso
 
@@ -597,8 +598,7 @@ class SqliteStore(Store):
             focal = body["focal_point"]
             # Calipso's links_detailed are copies of stored links: only their keys are kept, and the
             # links are attached as they are when the clique is read (a link's change rewrites no clique)
-            keys = [[str(lk["link_type"]), str(lk["source_id"]), str(lk["target_id"])]
-                    for lk in body.pop("links_detailed", None) or ()]
+            keys = [link_key(lk) for lk in body.pop("links_detailed", None) or ()]
             clique_rows.append((environment, focal, dumps(body), orjson.dumps(keys).decode()))
             nodes = set(body.get("nodes") or ()) | {focal}
             node_rows += [(environment, node, focal) for node in nodes]
@@ -661,14 +661,13 @@ class SqliteStore(Store):
         for text, key_text in rows:
             doc = loads(text)
             if key_text is None:  # written before links were attached on read: its own copies name them
-                keys = [(lk["link_type"], lk["source_id"], lk["target_id"]) for lk in doc.get("links_detailed") or ()]
+                keys = [link_key(lk) for lk in doc.get("links_detailed") or ()]
             else:
                 keys = [(k[0], k[1], k[2]) for k in orjson.loads(key_text)]
             docs.append(doc)
             named.append(keys)
         wanted = {key for keys in named for key in keys}
-        found = {(lk["link_type"], lk["source_id"], lk["target_id"]): lk
-                 for lk in self.find_links(environment, keys=wanted)} if wanted else {}
+        found = {link_key(lk): lk for lk in self.find_links(environment, keys=wanted)} if wanted else {}
         for doc, keys in zip(docs, named, strict=True):
             # shared between cliques that hold the same link: clique documents are read-only to callers
             doc["links_detailed"] = [found[key] for key in keys if key in found]
