@@ -32,7 +32,7 @@ from stackmap.discovery.cliques import (
     constraints_by_focal_type,
     select_clique_types,
 )
-from stackmap.discovery.engine import Engine, environment_root
+from stackmap.discovery.engine import Engine, ScanPlan, environment_root
 from stackmap.discovery.links import LinkFinder, StoreLookup, find_links, load_link_finders
 from stackmap.discovery.scanners import ScannersConfig, load_scanners
 from stackmap.environments import load_environment
@@ -157,6 +157,8 @@ class MapUpdater:
         self.environment = environment
         self.env: EnvironmentConfig = load_environment(store, environment)
         self.scanners = scanners or load_scanners()
+        self._env_doc = self.env.to_doc()
+        self._plan = ScanPlan(self.scanners, self._env_doc)
         self.finders: list[LinkFinder] = load_link_finders()
         self._adapter = adapter
         self._client: OpenStackClient | None = None
@@ -422,8 +424,8 @@ class MapUpdater:
         cache = ResourceCache(cast(OpenStackClient, _NoClient()), [region], closed=True)
         for res, items in seeds.items():
             cache.data[(res.name, region if res.per_region else "*")] = list(items)
-        ctx = FetchContext(self.environment, cache, self.env.to_doc())
-        return Engine(self.scanners, ctx), cache
+        ctx = FetchContext(self.environment, cache, self._env_doc)
+        return Engine(self.scanners, ctx, plan=self._plan), cache
 
     # -- links and cliques -------------------------------------------------------------------------
     def relink(self, change: Change, extra_holders: Iterable[Doc] = ()) -> None:
@@ -504,7 +506,7 @@ class MapUpdater:
             from stackmap.discovery.cliques import seed_defaults
 
             seed_defaults(self.store)
-            chosen = select_clique_types(self.env.to_doc(), self.store.list_clique_types(self.environment))
+            chosen = select_clique_types(self._env_doc, self.store.list_clique_types(self.environment))
             constraints = constraints_by_focal_type(self.store.list_clique_constraints())
             self._clique_setup = (chosen, constraints)
         return self._clique_setup

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from stackmap.discovery.api.fetchers import Doc, FetchContext, Fetcher, folder_id
 from stackmap.discovery.api.resources import Resource
@@ -45,17 +46,51 @@ def environment_root(environment: str) -> Doc:
             "name_path": f"/{environment}"}
 
 
+class ScanPlan:
+    """What the scanners configuration means for one environment: the entries of each scanner that
+    apply to it, and which scanner produces each object type. Worked out once per environment rather
+    than per walk, because an event handler walks a handful of objects at every event."""
+
+    def __init__(self, config: ScannersConfig, env_doc: dict[str, Any]) -> None:
+        self.config = config
+        self.env_doc = env_doc
+        self._entries: dict[str, list[ScannerEntry]] = {}
+        self._placements: dict[str, tuple[str, list[str]] | None] = {}
+
+    def entries(self, scanner: str) -> list[ScannerEntry]:
+        """Shared: callers must not change the list."""
+        found = self._entries.get(scanner)
+        if found is None:
+            found = self._entries[scanner] = [e for e in self.config.scanners[scanner]
+                                              if condition_matches(e.environment_condition, self.env_doc)]
+        return found
+
+    def placement(self, object_type: str) -> tuple[str, list[str]] | None:
+        """The scanner that produces ``object_type`` and the types of the objects it runs under."""
+        if object_type not in self._placements:
+            self._placements[object_type] = self._place(object_type)
+        return self._placements[object_type]
+
+    def _place(self, object_type: str) -> tuple[str, list[str]] | None:
+        for name, entries in self.config.scanners.items():
+            if any(e.type == object_type for e in entries):
+                parent_types = [e.type for entries_ in self.config.scanners.values() for e in entries_
+                                if e.children_scanner == name]
+                return name, parent_types or ["environment"]
+        return None
+
+
 class Engine:
     def __init__(self, config: ScannersConfig, ctx: FetchContext,
-                 on_level: Callable[[str, int], None] | None = None) -> None:
+                 on_level: Callable[[str, int], None] | None = None, plan: ScanPlan | None = None) -> None:
         self.config = config
         self.ctx = ctx
         self.on_level = on_level
+        self.plan = plan if plan is not None else ScanPlan(config, ctx.env_doc)
         self._fetchers: dict[str, Fetcher] = {}
 
     def _entries(self, scanner: str) -> list[ScannerEntry]:
-        entries = self.config.scanners[scanner]
-        return [e for e in entries if condition_matches(e.environment_condition, self.ctx.env_doc)]
+        return self.plan.entries(scanner)
 
     def fetcher(self, name: str) -> Fetcher:
         if name not in self._fetchers:
@@ -89,13 +124,7 @@ class Engine:
         return list(found.values())
 
     def placement(self, object_type: str) -> tuple[str, list[str]] | None:
-        """The scanner that produces ``object_type`` and the types of the objects it runs under."""
-        for name, entries in self.config.scanners.items():
-            if any(e.type == object_type for e in entries):
-                parent_types = [e.type for entries_ in self.config.scanners.values() for e in entries_
-                                if e.children_scanner == name]
-                return name, parent_types or ["environment"]
-        return None
+        return self.plan.placement(object_type)
 
     def walk(self, parents: list[Doc], start: str = ROOT_SCANNER, now: datetime | None = None,
              only_ids: set[str] | None = None, only_type: str | None = None) -> WalkResult:
