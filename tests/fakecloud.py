@@ -951,6 +951,7 @@ class Fault:
     times: int | None = None  # how many matching requests it applies to (None: all)
     after: int = 0  # let this many matching requests through first (fail page 2, not page 1)
     method: str | None = None
+    location: str | None = None  # with a 3xx status: where the answer redirects to
     hits: int = 0  # matching requests it acted on
 
     def applies(self, method: str, path: str) -> bool:
@@ -1040,6 +1041,12 @@ class FakeCloudServer:
         self.faults.append(fault)
         return fault
 
+    def redirect(self, pattern: str, location: str, *, status: int = 307, times: int | None = None) -> Fault:
+        """Redirect requests whose path matches ``pattern`` to ``location``."""
+        fault = Fault(pattern, status=status, times=times, location=location)
+        self.faults.append(fault)
+        return fault
+
     def slow(self, pattern: str, seconds: float, *, times: int | None = None) -> Fault:
         """Wait ``seconds`` before answering requests whose path matches ``pattern``."""
         fault = Fault(pattern, delay=seconds, times=times)
@@ -1098,6 +1105,8 @@ class FakeCloudServer:
                 time.sleep(fault.delay)
             if fault.status is not None:
                 status = fault.status
+                if fault.location is not None:
+                    return status, {"Location": fault.location}, b""
                 return status, {}, json.dumps({"error": {"code": status, "title": "Injected fault",
                                                          "message": f"injected {status} for {path}"}}).encode()
         try:

@@ -21,6 +21,7 @@ import keystoneauth1.exceptions as ks_exc
 import openstack
 import openstack.connection
 import openstack.proxy
+import orjson
 import requests
 from keystoneauth1 import session as ks_session
 from keystoneauth1.identity import v3
@@ -104,6 +105,8 @@ class OpenStackClient:
         self._session: ks_session.Session | None = None
         self._conns: dict[str, openstack.connection.Connection] = {}
         self._endpoints: dict[tuple[str, str], tuple[float, str]] = {}
+        # (service type, microversion) -> the headers keystoneauth sent with such a GET, token aside
+        self._get_headers: dict[tuple[str, str], dict[str, str]] = {}
         self._lock = threading.Lock()
 
     # -- connection --------------------------------------------------------------------------------
@@ -216,8 +219,7 @@ class OpenStackClient:
             # joined as keystoneauth joins a proxy's relative path to its endpoint; a page's own
             # absolute 'next' link is kept as it is
             url = urljoin(self.endpoint(service_type, region).rstrip("/") + "/", path.lstrip("/"))
-            response = self.session.request(url, "GET", params=params, microversion=microversion,
-                                            microversion_service_type=service_type, raise_exc=False)
+            response = self._get(url, params, service_type, microversion)
         except ks_exc.EndpointNotFound:
             raise ServiceMissing(f"no {service_type} endpoint in region {region} of the catalog") from None
         except (ks_exc.ConnectFailure, ks_exc.ConnectTimeout) as exc:
@@ -238,9 +240,52 @@ class OpenStackClient:
                 fatal=response.status_code == 401,
             )
         try:
+            return orjson.loads(response.content)
+        except orjson.JSONDecodeError:
+            pass  # what orjson refuses (NaN, integers beyond 64 bits) the standard decoder may take
+        try:
             return response.json()
         except ValueError:
             raise ApiError(f"{service_type} API in region {region} sent a non-JSON answer to GET {path}") from None
+
+    def _get(self, url: str, params: dict[str, Any] | None, service_type: str,
+             microversion: str | None) -> requests.Response:
+        """A GET, sent straight to the session's transport adapter with the headers keystoneauth
+        chose for the first such GET (user agent, microversion) and the session's current token.
+
+        keystoneauth and requests' Session spend about twice the adapter's own CPU preparing every
+        request the same way (headers, hooks, cookies, environment), which an event listener reading
+        one server per event cannot afford. Whatever this path does not handle itself goes through
+        keystoneauth: the first GET of a kind, and any answer that is a redirect or a 401 (keystoneauth
+        follows the one, and re-authenticates once on the other)."""
+        sess = self.session
+        key = (service_type, microversion or "")
+        template = self._get_headers.get(key)
+        if template is not None:
+            http = sess.session
+            prepared = requests.Request("GET", url, params=params,
+                                        headers={**template, **(sess.get_auth_headers() or {})}).prepare()
+            target = prepared.url or url
+            settings = http.merge_environment_settings(target, {}, None, sess.verify, sess.cert)
+            try:
+                response = http.get_adapter(target).send(prepared, timeout=self._timeout, **settings)
+            except requests.exceptions.SSLError as exc:
+                raise ks_exc.SSLError(_short(exc)) from None
+            except requests.exceptions.Timeout as exc:
+                raise ks_exc.ConnectTimeout(_short(exc)) from None
+            except requests.exceptions.ConnectionError as exc:
+                raise ks_exc.ConnectFailure(_short(exc)) from None
+            if response.status_code != 401 and not response.is_redirect:
+                return response
+            response.close()
+        response = sess.request(url, "GET", params=params, microversion=microversion,
+                                microversion_service_type=service_type, raise_exc=False)
+        if response.request is not None:
+            with self._lock:
+                self._get_headers[key] = {name: value if isinstance(value, str) else value.decode("latin-1")
+                                          for name, value in response.request.headers.items()
+                                          if name.lower() != "x-auth-token"}
+        return response
 
     def list(self, service_type: str, path: str, key: str, region: str | None, *,
              params: dict[str, Any] | None = None, microversion: str | None = None,

@@ -1,0 +1,115 @@
+"""The API client sends a GET through keystoneauth only the first time it reads a kind (service and
+microversion); later ones go straight to the transport adapter with the headers keystoneauth chose
+and the session's current token. These tests hold the short path to what keystoneauth would do:
+the same headers reach the API, a refused token is renewed, a redirect is followed, a dead API is
+reported, and exchanges are still counted by the adapter."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from stackmap.discovery.api.client import ApiError, OpenStackClient
+from stackmap.environments import add_environment, load_environment
+from stackmap.model import EnvironmentConfig
+from stackmap.secrets import SecretBox
+from stackmap.store import open_store
+from tests.fakecloud import CloudSize, FakeCloud, FakeCloudServer
+
+SIZE = CloudSize(projects=1, hosts=2, instances=3, networks=2, routers=1, server_groups=2)
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[FakeCloudServer, OpenStackClient]]:
+    cloud = FakeCloud(SIZE)
+    with FakeCloudServer(cloud) as server, open_store(f"sqlite:///{tmp_path}/s.db") as store:
+        box = SecretBox(tmp_path / "key")
+        add_environment(store, box, EnvironmentConfig.model_validate(
+            {"name": "lab", "configuration": [server.openstack_section()]}))
+        section = load_environment(store, "lab").section("OpenStack")
+        assert section is not None
+        yield server, OpenStackClient(section, box)
+
+
+@pytest.fixture
+def through_keystoneauth(served: tuple[FakeCloudServer, OpenStackClient],
+                         monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The URLs of the GETs keystoneauth itself sent."""
+    _, client = served
+    sess = client.session
+    sent: list[str] = []
+    real = sess.request
+
+    def request(url: str, method: str, **kwargs: Any) -> Any:
+        if method == "GET":
+            sent.append(url)
+        return real(url, method, **kwargs)
+
+    monkeypatch.setattr(sess, "request", request)
+    return sent
+
+
+def server_ids(client: OpenStackClient) -> set[str]:
+    return {s["id"] for s in client.get_json("compute", "/servers/detail", "RegionOne")["servers"]}
+
+
+def test_only_the_first_get_of_a_kind_goes_through_keystoneauth(
+        served: tuple[FakeCloudServer, OpenStackClient], through_keystoneauth: list[str]) -> None:
+    server, client = served
+    expected = {s["id"] for s in server.cloud.items("servers")}
+    assert server_ids(client) == expected
+    calls = client.api_calls  # the token's request and the first GET counted
+    for _ in range(2):
+        assert server_ids(client) == expected
+    assert client.get_json("network", "/networks", "RegionOne")["networks"]
+    assert client.get_json("network", "/networks", "RegionOne")["networks"]
+    assert len(through_keystoneauth) == 2  # one compute GET, one network GET
+    assert client.api_calls - calls == 4  # every GET still passes the counting adapter
+
+
+def test_a_microversion_rides_on_every_get_of_its_kind(
+        served: tuple[FakeCloudServer, OpenStackClient], through_keystoneauth: list[str]) -> None:
+    _, client = served
+    for _ in range(2):  # 2.64 shows 'policy'; 2.1 shows 'policies'
+        groups = client.get_json("compute", "/os-server-groups", "RegionOne", microversion="2.64")["server_groups"]
+        assert groups and all("policy" in g and "policies" not in g for g in groups)
+        groups = client.get_json("compute", "/os-server-groups", "RegionOne")["server_groups"]
+        assert groups and all("policies" in g and "policy" not in g for g in groups)
+    assert len(through_keystoneauth) == 2  # once per microversion
+
+
+def test_a_refused_token_is_renewed_and_the_read_answered(
+        served: tuple[FakeCloudServer, OpenStackClient], through_keystoneauth: list[str]) -> None:
+    server, client = served
+    expected = server_ids(client)
+    server.tokens.clear()  # Keystone revoked every token it issued
+    server.log.clear()
+    assert server_ids(client) == expected
+    statuses = [(method, target.split("?")[0].rsplit("/", 2)[-2:], status) for method, target, status in server.log]
+    assert statuses[0] == ("GET", ["servers", "detail"], 401)
+    assert ("POST", ["auth", "tokens"], 201) in statuses
+    assert statuses[-1] == ("GET", ["servers", "detail"], 200)
+    assert len(through_keystoneauth) == 2  # the first read, and the one that renewed the token
+
+
+def test_a_redirect_is_followed(served: tuple[FakeCloudServer, OpenStackClient]) -> None:
+    server, client = served
+    expected = server_ids(client)
+    detail = server.path("compute", "/servers/detail")
+    server.redirect(detail, server.url + detail, times=1)
+    server.log.clear()
+    assert server_ids(client) == expected
+    assert [status for _, _, status in server.log] == [307, 200]
+
+
+def test_an_api_that_stops_answering_is_reported(served: tuple[FakeCloudServer, OpenStackClient]) -> None:
+    server, client = served
+    server_ids(client)
+    server.stop()
+    client.adapter.close()  # its kept-alive connection would outlive the server's listening socket
+    with pytest.raises(ApiError, match="cannot reach the compute API") as caught:
+        server_ids(client)
+    assert server.cloud.password not in str(caught.value)
