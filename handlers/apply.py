@@ -556,18 +556,36 @@ class MapUpdater:
             return 0
         self._relink_noted(keep=False)
         instances, self._instances_later = list(self._instances_later), {}
-        for instance_id in instances:
+        if instances:
+            self._rederive_instances(instances)
+        self._relink_noted(keep=False)
+        return self._flush_cliques()
+
+    def _rederive_instances(self, instance_ids: list[str]) -> None:
+        """``_rederive_instance`` for many instances at once: one read of their ports, and one walk
+        per host (each host's instances are placed together, as a scan places them)."""
+        stored = [o for o in self.store.find_objects(self.environment, ids=instance_ids) if o.get("type") == "instance"]
+        if not stored:
+            return
+        port_ids = [lk["target_id"] for lk in self.find_links(link_type="instance-port",
+                                                              sources=[o["id"] for o in stored])]
+        ports = [raw_of(p) for p in self.store.find_objects(self.environment, ids=port_ids)] if port_ids else []
+        by_host: dict[tuple[str, str], list[Doc]] = {}
+        for instance in stored:
+            raw = raw_of(instance)
+            by_host.setdefault((str(instance.get("region") or ""), str(raw.get("OS-EXT-SRV-ATTR:host") or "")),
+                               []).append(raw)
+        for (region, _host), raws in by_host.items():
             again = Change()
             try:
-                self._rederive_instance(instance_id, again)
-            except MissingParent as exc:  # its host went away in this batch: the instance with it
-                log.info("instance not re-derived from its ports", instance=instance_id, reason=str(exc))
+                again = self.refresh("instance", raws, seeds={R.PORTS: ports}, region=region or None)
+            except MissingParent as exc:  # their host went away in this batch: the instances with it
+                log.info("instances not re-derived from their ports", instances=[r.get("id") for r in raws],
+                         reason=str(exc))
                 continue
             if again.written:
                 self._relink_later.update(dict.fromkeys(o["id"] for o in again.upserted))
             self._note(again, ())
-        self._relink_noted(keep=False)
-        return self._flush_cliques()
 
     def _relink_noted(self, keep: bool) -> None:
         """Relink the objects noted by the batch's events. ``keep``: in the middle of an event, whose
