@@ -28,6 +28,7 @@ import hashlib
 import ipaddress
 import json
 import random
+import ssl
 import threading
 import time
 import uuid
@@ -983,7 +984,8 @@ class FakeCloudServer:
     small value makes a small cloud page like a big one.
     """
 
-    def __init__(self, cloud: FakeCloud, *, max_limit: int = 1000, host: str = "127.0.0.1") -> None:
+    def __init__(self, cloud: FakeCloud, *, max_limit: int = 1000, host: str = "127.0.0.1",
+                 tls: ssl.SSLContext | None = None) -> None:
         self.cloud = cloud
         self.max_limit = max_limit
         self.requests: Counter[str] = Counter()
@@ -996,13 +998,17 @@ class FakeCloudServer:
         self._httpd = ThreadingHTTPServer((host, 0), _Handler)
         self._httpd.daemon_threads = True
         self._httpd.fake = self  # type: ignore[attr-defined]
+        self._scheme = "http"
+        if tls is not None:  # HTTPS, with the context's certificate (every endpoint of the catalog too)
+            self._httpd.socket = tls.wrap_socket(self._httpd.socket, server_side=True)
+            self._scheme = "https"
         self._thread: threading.Thread | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------------
     @property
     def url(self) -> str:
         host, port = self._httpd.server_address[:2]
-        return f"http://{host!s}:{port}"
+        return f"{self._scheme}://{host!s}:{port}"
 
     @property
     def auth_url(self) -> str:

@@ -1,11 +1,14 @@
 """The API client sends a GET through keystoneauth only the first time it reads a kind (service and
-microversion); later ones go straight to the transport adapter with the headers keystoneauth chose
-and the session's current token. These tests hold the short path to what keystoneauth would do:
-the same headers reach the API, a refused token is renewed, a redirect is followed, a dead API is
-reported, and exchanges are still counted by the adapter."""
+microversion); later ones go to the transport adapter's own urllib3 pools with the headers
+keystoneauth chose and the session's current token. These tests hold that short path to what
+keystoneauth and requests would do: the same headers reach the API, a refused token is renewed, a
+redirect is followed, a dead API is reported, TLS is verified as the section says, a proxy is used,
+and exchanges are still counted by the adapter."""
 
 from __future__ import annotations
 
+import ssl
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +20,7 @@ from stackmap.environments import add_environment, load_environment
 from stackmap.model import EnvironmentConfig
 from stackmap.secrets import SecretBox
 from stackmap.store import open_store
-from tests.fakecloud import CloudSize, FakeCloud, FakeCloudServer
+from tests.fakecloud import CloudSize, FakeCloud, FakeCloudServer, closed_port_url
 
 SIZE = CloudSize(projects=1, hosts=2, instances=3, networks=2, routers=1, server_groups=2)
 
@@ -113,3 +116,64 @@ def test_an_api_that_stops_answering_is_reported(served: tuple[FakeCloudServer, 
     with pytest.raises(ApiError, match="cannot reach the compute API") as caught:
         server_ids(client)
     assert server.cloud.password not in str(caught.value)
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1: (certificate, key)."""
+    where = tmp_path_factory.mktemp("tls")
+    cert, key = where / "cloud.pem", where / "cloud.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    return cert, key
+
+
+def tls_client(tmp_path: Path, server: FakeCloudServer, **section: Any) -> OpenStackClient:
+    with open_store(f"sqlite:///{tmp_path}/tls.db") as store:
+        box = SecretBox(tmp_path / "key")
+        add_environment(store, box, EnvironmentConfig.model_validate(
+            {"name": "lab", "configuration": [server.openstack_section(**section)]}))
+        found = load_environment(store, "lab").section("OpenStack")
+    assert found is not None
+    return OpenStackClient(found, box)
+
+
+@pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
+@pytest.mark.parametrize("trust", ["ca_cert", "verify_off"])
+def test_reads_over_https_keep_the_sections_tls_settings(
+        tmp_path: Path, certificate: tuple[Path, Path], trust: str) -> None:
+    cert, key = certificate
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    with FakeCloudServer(FakeCloud(SIZE), tls=context) as server:
+        assert server.url.startswith("https://")
+        client = tls_client(tmp_path, server, **({"ca_cert": str(cert)} if trust == "ca_cert" else {"verify": False}))
+        expected = {s["id"] for s in server.cloud.items("servers")}
+        calls = client.api_calls
+        for _ in range(3):  # the first through keystoneauth, then straight to the adapter's pool
+            assert server_ids(client) == expected
+        assert client.api_calls - calls >= 3
+
+
+def test_a_certificate_nobody_vouches_for_is_refused(tmp_path: Path, certificate: tuple[Path, Path]) -> None:
+    cert, key = certificate
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    with FakeCloudServer(FakeCloud(SIZE), tls=context) as server:
+        client = tls_client(tmp_path, server, ca_cert=str(cert))
+        server_ids(client)
+        client.session.verify = True  # the system's authorities only, from now on
+        client.adapter.close()
+        with pytest.raises(ApiError, match="compute"):
+            server_ids(client)
+
+
+def test_a_proxy_set_on_the_session_is_used(served: tuple[FakeCloudServer, OpenStackClient]) -> None:
+    _, client = served
+    server_ids(client)
+    client.session.session.proxies = {"http": closed_port_url()}  # a proxy that is down
+    with pytest.raises(ApiError, match="cannot reach the compute API"):
+        server_ids(client)  # sent through the proxy: the direct way would have reached the API
+    client.session.session.proxies = {}
+    assert server_ids(client)

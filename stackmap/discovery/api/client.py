@@ -250,25 +250,28 @@ class OpenStackClient:
 
     def _get(self, url: str, params: dict[str, Any] | None, service_type: str,
              microversion: str | None) -> requests.Response:
-        """A GET, sent straight to the session's transport adapter with the headers keystoneauth
-        chose for the first such GET (user agent, microversion) and the session's current token.
+        """A GET, sent through the transport adapter's own ``get`` with the headers keystoneauth chose
+        for the first such GET (user agent, microversion) and the session's current token.
 
-        keystoneauth and requests' Session spend about twice the adapter's own CPU preparing every
-        request the same way (headers, hooks, cookies, environment), which an event listener reading
-        one server per event cannot afford. Whatever this path does not handle itself goes through
-        keystoneauth: the first GET of a kind, and any answer that is a redirect or a 401 (keystoneauth
-        follows the one, and re-authenticates once on the other)."""
+        keystoneauth and requests spend more CPU preparing every request the same way (headers,
+        hooks, cookies, environment, the URL parsed and re-quoted twice) than urllib3 spends sending
+        it: a server read took 750 us of CPU through them, 380 us this way. An event listener reads one
+        server per event. Whatever this path does not handle itself goes through keystoneauth: the
+        first GET of a kind, and any answer that is a redirect or a 401 (keystoneauth follows the
+        one, and re-authenticates once on the other)."""
         sess = self.session
         key = (service_type, microversion or "")
         template = self._get_headers.get(key)
         if template is not None:
             http = sess.session
-            prepared = requests.Request("GET", url, params=params,
-                                        headers={**template, **(sess.get_auth_headers() or {})}).prepare()
-            target = prepared.url or url
-            settings = http.merge_environment_settings(target, {}, None, sess.verify, sess.cert)
-            try:
-                response = http.get_adapter(target).send(prepared, timeout=self._timeout, **settings)
+            if http.trust_env:  # proxies or netrc in the environment (see settle_environment)
+                settings = http.merge_environment_settings(url, {}, None, sess.verify, sess.cert)
+            else:
+                settings = {"proxies": http.proxies, "verify": sess.verify, "cert": sess.cert}
+            headers = {**template, **(sess.get_auth_headers() or {})}
+            try:  # (the adapter mounted on the session for http and https: see _make_session)
+                response = self.adapter.get(url, params, headers, timeout=self._timeout, verify=settings["verify"],
+                                            cert=settings["cert"], proxies=settings["proxies"])
             except requests.exceptions.SSLError as exc:
                 raise ks_exc.SSLError(_short(exc)) from None
             except requests.exceptions.Timeout as exc:
