@@ -33,7 +33,7 @@ from stackmap.discovery.cliques import (
     select_clique_types,
 )
 from stackmap.discovery.engine import Engine, ScanPlan, environment_root
-from stackmap.discovery.links import LinkFinder, StoreLookup, find_links, load_link_finders
+from stackmap.discovery.links import LinkFinder, StoreLookup, find_links, link_state, load_link_finders
 from stackmap.discovery.scanners import ScannersConfig, load_scanners
 from stackmap.environments import load_environment
 from stackmap.errors import StackmapError
@@ -115,8 +115,11 @@ class Change:
     """What one update did, for the handler's result and the messages collection."""
 
     upserted: list[Doc] = field(default_factory=list)
+    previous: dict[str, Doc] = field(default_factory=dict)  # the upserted objects that existed, as they were
     deleted: list[str] = field(default_factory=list)
     renamed: list[str] = field(default_factory=list)  # objects whose name_path changed: labels and paths follow
+    # objects that went up or down: the state of every link touching them, whoever holds it, follows
+    restated: list[str] = field(default_factory=list)
     links_added: list[Doc] = field(default_factory=list)  # new links, and changed ones (as they are now)
     links_gone: set[tuple[str, str, str]] = field(default_factory=set)  # keys of links removed, and of changed ones
     # links whose content changed where no clique walk looks (a state, a label): their cliques keep
@@ -179,7 +182,7 @@ class MapUpdater:
         self._pending_touched: set[str] = set()
         # ...and the objects whose links, and the instances whose ports, it recomputes at the flush
         self._relink_later: dict[str, None] = {}
-        self._renamed_later: set[str] = set()
+        self._moved_later: set[str] = set()  # renamed or restated: links others hold to them are redone
         self._instances_later: dict[str, None] = {}
         for finder in self.finders:
             for holder in finder.holder_types:
@@ -397,6 +400,7 @@ class MapUpdater:
             result = engine.walk([parent], scanner, only_ids=set(ids))
             placed_ids = [o["id"] for o in result.objects]
             before = {o["id"]: o for o in self.store.find_objects(self.environment, ids=placed_ids)}
+            change.previous.update(before)
             change.written += self.store.upsert_objects(self.environment, result.objects)
             change.upserted.extend(result.objects)
             chosen, constraints = self._cliques()
@@ -408,6 +412,8 @@ class MapUpdater:
                 if old is not None and old.get("name_path") != obj["name_path"] and obj["id"] in ids:
                     change.renamed.append(obj["id"])
                     change.written += self._rename_descendants(old, obj)
+                if old is not None and link_state(old) != link_state(obj):
+                    change.restated.append(obj["id"])
         return change
 
     def _rename_descendants(self, old: Doc, new: Doc) -> int:
@@ -443,26 +449,27 @@ class MapUpdater:
         if self._pending is not None:
             change.deferred = True
             self._relink_later.update(dict.fromkeys(holders))
-            self._renamed_later.update(change.renamed)
+            self._moved_later.update(change.renamed, change.restated)
             return
         self._relink_now(change, holders)
 
     def _relink_now(self, change: Change, holders: dict[str, Doc]) -> None:
         lookup = StoreLookup(self.store, self.environment)
         fresh = find_links(self.environment, list(holders.values()), lookup, self.finders)
-        if change.renamed:
-            # Link labels carry both ends' names: the links of a renamed object that other objects hold
-            # are recomputed too. Those holders only refresh these links: they are not all the producers
-            # of what they hold (a router's links to its networks come from its ports), so nothing is
-            # deleted on their account.
-            renamed = set(change.renamed)
-            touching = self.store.find_links(self.environment, touching=change.renamed)
+        moved = {*change.renamed, *change.restated}
+        if moved:
+            # Link labels carry both ends' names, and a link's state its ends' states: the links of a
+            # renamed or restated object that other objects hold (a floating IP's link to a port that
+            # went down) are recomputed too. Those holders only refresh these links: they are not all
+            # the producers of what they hold (a router's links to its networks come from its ports),
+            # so nothing is deleted on their account.
+            touching = self.store.find_links(self.environment, touching=sorted(moved))
             ends = {e for lk in touching for e in (lk["source_id"], lk["target_id"])} - set(holders)
             if ends:
                 others = self.store.find_objects(self.environment, ids=ends)
                 fresh_keys_so_far = {link_key(lk) for lk in fresh}
                 fresh += [lk for lk in find_links(self.environment, others, lookup, self.finders)
-                          if (lk["source_id"] in renamed or lk["target_id"] in renamed)
+                          if (lk["source_id"] in moved or lk["target_id"] in moved)
                           and link_key(lk) not in fresh_keys_so_far]
         held_types = {t for h in holders.values() for t in self._held.get(h["type"], ())}
         current = {link_key(lk): lk for lk in self.store.find_links(
@@ -585,18 +592,19 @@ class MapUpdater:
                 continue
             if again.written:
                 self._relink_later.update(dict.fromkeys(o["id"] for o in again.upserted))
+                self._moved_later.update(again.renamed, again.restated)
             self._note(again, ())
 
     def _relink_noted(self, keep: bool) -> None:
         """Relink the objects noted by the batch's events. ``keep``: in the middle of an event, whose
         savepoint may yet be rolled back with these writes: the flush relinks them again then."""
-        ids, renamed = list(self._relink_later), sorted(self._renamed_later)
+        ids, moved = list(self._relink_later), sorted(self._moved_later)
         if not keep:
-            self._relink_later, self._renamed_later = {}, set()
+            self._relink_later, self._moved_later = {}, set()
         if not ids:
             return
         holders = {o["id"]: o for o in self.store.find_objects(self.environment, ids=ids)}  # gone ones: skipped
-        change = Change(renamed=[r for r in renamed if r in holders])
+        change = Change(restated=[m for m in moved if m in holders])  # (relinked alike: see _relink_now)
         self._relink_now(change, holders)
         self._note(change, ())
 
@@ -620,7 +628,7 @@ class MapUpdater:
     def discard_batch(self) -> None:
         """The batch's writes were rolled back: its events will be handled again and noted again."""
         self._pending, self._pending_touched = None, set()
-        self._relink_later, self._renamed_later, self._instances_later = {}, set(), {}
+        self._relink_later, self._moved_later, self._instances_later = {}, set(), {}
 
     def _reclique_now(self, change: Change, touched: set[str]) -> None:
         chosen, constraints = self._cliques()

@@ -143,6 +143,50 @@ def test_renames_and_deletes_converge_to_a_fresh_scan(world: World) -> None:
     world.assert_like_a_fresh_scan()
 
 
+def test_a_port_re_derives_the_instances_it_joins_and_leaves_and_a_status_flip_none(
+        world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    cloud, updater = world.cloud, world.dispatcher.updater
+    rederived: list[str] = []
+    real = updater.refresh_instance_ports
+
+    def spying(instance_id: str, *args: Any, **kwargs: Any) -> None:
+        rederived.append(instance_id)
+        real(instance_id, *args, **kwargs)
+
+    monkeypatch.setattr(updater, "refresh_instance_ports", spying)
+    port = compute_ports(cloud)[0]
+    left = port["device_id"]
+    cloud.update("ports", port["id"], status="DOWN", revision_number=port["revision_number"] + 1)
+    world.handle("port.update.end", {"port": {"id": port["id"]}})
+    atomic = world.store.url.startswith("sqlite")  # the stored port and its instance committed together
+    assert rederived == ([] if atomic else [left])  # an instance takes nothing from a port's status
+    world.assert_like_a_fresh_scan()
+
+    joined = next(s for s in cloud.items("servers") if s.get("OS-EXT-SRV-ATTR:host") and s["id"] != left)
+    rederived.clear()
+    cloud.update("ports", port["id"], device_id=joined["id"], revision_number=port["revision_number"] + 2)
+    world.handle("port.update.end", {"port": {"id": port["id"]}})
+    assert sorted(rederived) == sorted([joined["id"], left])
+    for server in (s for s in cloud.items("servers") if s["id"] in (left, joined["id"])):  # nova says so too
+        world.handle("compute.instance.update", {"instance_id": server["id"], "state": "active"},
+                     publisher=f"compute.{server['OS-EXT-SRV-ATTR:host']}")
+    world.assert_like_a_fresh_scan()
+
+
+def test_an_instance_that_stops_takes_down_the_links_others_hold_to_it(world: World) -> None:
+    cloud = world.cloud
+    attached = {a.get("server_id") for v in cloud.items("volumes") for a in v.get("attachments") or ()}
+    server = next(s for s in cloud.items("servers") if s["id"] in attached and s.get("OS-EXT-SRV-ATTR:host"))
+    held_by_volumes = [lk for lk in world.store.find_links(ENV, link_type="volume-instance", target_id=server["id"])]
+    assert held_by_volumes and all(lk["state"] == "up" for lk in held_by_volumes)
+    cloud.update("servers", server["id"], status="SHUTOFF")
+    world.handle("compute.instance.power_off.end", {"instance_id": server["id"], "state": "stopped"},
+                 publisher=f"compute.{server['OS-EXT-SRV-ATTR:host']}")
+    assert {lk["state"] for lk in world.store.find_links(ENV, link_type="volume-instance",
+                                                          target_id=server["id"])} == {"down"}
+    world.assert_like_a_fresh_scan()
+
+
 def test_volume_server_group_and_load_balancer_events_converge_to_a_fresh_scan(world: World) -> None:
     cloud = world.cloud
     volume = cloud.items("volumes")[0]

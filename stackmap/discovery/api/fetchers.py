@@ -246,6 +246,9 @@ class ApiInstances(Fetcher):
     name = "ApiInstances"
     object_type = "instance"
     resources = (R.SERVERS, R.PORTS)
+    # What an instance's document takes from its ports (``fetch``): a port change that leaves these
+    # alone (its status, its binding...) leaves the instance as it was, and need not re-derive it.
+    PORT_FIELDS: ClassVar[tuple[str, ...]] = ("device_id", "network_id", "mac_address", "fixed_ips")
 
     def fetch(self, parents: list[Doc], ctx: FetchContext) -> list[Doc]:
         folders = _by_folder(parents)  # host id -> instances folder
