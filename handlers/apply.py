@@ -22,7 +22,7 @@ from typing import Any, cast
 
 from stackmap.discovery.api import resources as R
 from stackmap.discovery.api.client import ApiError, OpenStackClient
-from stackmap.discovery.api.fetchers import RESERVED, Doc, FetchContext, folder_id, project_of
+from stackmap.discovery.api.fetchers import FILED_BY, RESERVED, Doc, FetchContext, folder_id, project_of
 from stackmap.discovery.api.resources import Resource, ResourceCache
 from stackmap.discovery.api.transport import CountingAdapter
 from stackmap.discovery.cliques import (
@@ -59,13 +59,13 @@ _NOT_READ = object()
 PLACEMENT: dict[str, tuple[str, str]] = {
     "instance": ("host", "instances"),
     "network": ("project_id", "networks"),
-    "subnet": ("network_id", "subnets"),
-    "port": ("network_id", "ports"),
+    "subnet": FILED_BY["subnet"],
+    "port": FILED_BY["port"],
     "router": ("project_id", "routers"),
     "floating_ip": ("project_id", "floating_ips"),
     "security_group": ("project_id", "security_groups"),
     "volume": ("project_id", "volumes"),
-    "snapshot": ("volume_id", "snapshots"),
+    "snapshot": FILED_BY["snapshot"],
     "server_group": ("project_id", "server_groups"),
     "load_balancer": ("project_id", "load_balancers"),
 }

@@ -21,6 +21,7 @@ from collections.abc import Hashable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
+from stackmap.discovery.api.fetchers import FILED_BY, folder_id
 from stackmap.errors import ConfigError
 from stackmap.model import LinkState, link_id
 from stackmap.paths import defaults_dir
@@ -127,7 +128,12 @@ class StoreLookup:
         return {doc["id"]: doc for doc in self.store.find_objects(self.environment, ids=wanted)}
 
     def find(self, type: str, **equals: Any) -> list[Doc]:
-        docs = self.store.find_objects(self.environment, type=type)
+        filed = FILED_BY.get(type)
+        owner = equals.get(filed[0]) if filed is not None else None
+        if filed is not None and isinstance(owner, str) and owner:  # the ports of one network: its folder
+            docs = self.store.find_objects(self.environment, type=type, parent_id=folder_id(owner, filed[1]))
+        else:
+            docs = self.store.find_objects(self.environment, type=type)
         return [doc for doc in docs if all(doc.get(f) == v for f, v in equals.items())]
 
 
@@ -416,10 +422,11 @@ class RouterNetworkFinder(LinkFinder):
             # A router's gateway port may exist without being among the holders (an update about the
             # router alone): look for visible gateway ports once for the whole batch.
             seen_gateway = {r for _, kind, r, _ in router_ports if kind == "gateway"}
-            if any(r["id"] not in seen_gateway for r, _, _ in gateways):
+            unseen = {n for r, _, n in gateways if r["id"] not in seen_gateway}
+            for net_id in sorted(unseen):  # (a gateway port is on its router's gateway network)
                 seen_gateway |= {
-                    dev for p in lookup.find("port", device_owner=_GATEWAY_OWNER)
-                    if (dev := _str(p.get("device_id"))) and _str(p.get("network_id"))
+                    dev for p in lookup.find("port", network_id=net_id, device_owner=_GATEWAY_OWNER)
+                    if (dev := _str(p.get("device_id")))
                 }
             for router, info, net_id in gateways:
                 net = ends.get(net_id)

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from stackmap.discovery.api.fetchers import FILED_BY, folder_id
 from stackmap.discovery.links import (
     FINDER_CLASSES,
     LinkFinder,
@@ -32,7 +33,9 @@ def obj(type_: str, id_: str, **fields: Any) -> Doc:
 
 
 def port(id_: str, network: str, subnet: str, ip: str, owner: str, device: str, **fields: Any) -> Doc:
+    """Filed under its network's ports folder, as a scan files it."""
     return obj("port", id_, network_id=network, device_owner=owner, device_id=device,
+               parent_id=folder_id(network, FILED_BY["port"][1]),
                mac_address=fields.pop("mac_address", f"fa:16:3e:00:00:{len(id_):02x}"),
                fixed_ips=[{"subnet_id": subnet, "ip_address": ip}], status=fields.pop("status", "ACTIVE"),
                **{"binding:host_id": fields.pop("host", "")}, **fields)
@@ -268,6 +271,18 @@ def test_store_lookup_gives_the_same_links_as_memory(tmp_path: Path) -> None:
         assert by_key(from_store) == by_key(all_links(docs))
         store.upsert_links(ENV, from_store)
         assert store.link_keys(ENV) == set(by_key(from_store))
+
+
+@pytest.mark.parametrize("gateway_port", [True, False])
+def test_a_router_relinked_alone_looks_for_its_gateway_port_in_the_store(tmp_path: Path, gateway_port: bool) -> None:
+    """The gateway port's link wins over ``external_gateway_info``; the store is asked for the ports
+    of the gateway network only (its folder), not for every port."""
+    docs = [d for d in cloud() if gateway_port or d["id"] != "rp-gw"]
+    with open_store(f"sqlite:///{tmp_path}/x.db") as store:
+        store.upsert_objects(ENV, docs)
+        router = next(d for d in docs if d["id"] == "r1")
+        links = find_links(ENV, [router], StoreLookup(store, ENV), load_link_finders())
+    assert (("r1", "ext") in keys(links, "router-network")) is not gateway_port
 
 
 def test_incremental_update_from_one_changed_port(tmp_path: Path) -> None:

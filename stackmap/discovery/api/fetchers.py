@@ -104,6 +104,16 @@ def folder_id(parent_id: str, types_name: str) -> str:
     return stable_id(parent_id, types_name)
 
 
+# Objects filed under a folder of the object one of their own fields names (``_NetworkScoped``,
+# ``ApiSnapshots``): type -> (that field, the folder's name). Finding them by that field reads one
+# folder, not every object of the type.
+FILED_BY: dict[str, tuple[str, str]] = {
+    "subnet": ("network_id", "subnets"),
+    "port": ("network_id", "ports"),
+    "snapshot": ("volume_id", "snapshots"),
+}
+
+
 def _by_folder(parents: list[Doc]) -> dict[str, Doc]:
     """Folders by the id of the object that owns them (a folder's parent)."""
     return {p["parent_id"]: p for p in parents if p.get("parent_id")}
