@@ -11,25 +11,16 @@ import pytest
 
 from stackmap.discovery.api import client as client_module
 from stackmap.discovery.api.client import ApiError, OpenStackClient
-from stackmap.environments import add_environment, load_environment
-from stackmap.model import EnvironmentConfig
-from stackmap.secrets import SecretBox
-from stackmap.store import open_store
-from tests.fakecloud import CloudSize, FakeCloud, FakeCloudServer, closed_port_url
+from tests.fakecloud import CloudSize, FakeCloudServer, closed_port_url
+from tests.unit.api_rig import served_client
 
 SIZE = CloudSize(projects=1, hosts=2, instances=3, networks=2, routers=1)
 
 
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[tuple[FakeCloudServer, OpenStackClient]]:
-    cloud = FakeCloud(SIZE)
-    with FakeCloudServer(cloud) as server, open_store(f"sqlite:///{tmp_path}/s.db") as store:
-        box = SecretBox(tmp_path / "key")
-        add_environment(store, box, EnvironmentConfig.model_validate(
-            {"name": "lab", "configuration": [server.openstack_section()]}))
-        section = load_environment(store, "lab").section("OpenStack")
-        assert section is not None
-        yield server, OpenStackClient(section, box)
+    with served_client(tmp_path, SIZE) as pair:
+        yield pair
 
 
 def servers(client: OpenStackClient) -> int:

@@ -16,25 +16,16 @@ from typing import Any
 import pytest
 
 from stackmap.discovery.api.client import ApiError, OpenStackClient
-from stackmap.environments import add_environment, load_environment
-from stackmap.model import EnvironmentConfig
-from stackmap.secrets import SecretBox
-from stackmap.store import open_store
-from tests.fakecloud import CloudSize, FakeCloud, FakeCloudServer, closed_port_url
+from tests.fakecloud import CloudSize, FakeCloudServer, closed_port_url
+from tests.unit.api_rig import served_client
 
 SIZE = CloudSize(projects=1, hosts=2, instances=3, networks=2, routers=1, server_groups=2)
 
 
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[tuple[FakeCloudServer, OpenStackClient]]:
-    cloud = FakeCloud(SIZE)
-    with FakeCloudServer(cloud) as server, open_store(f"sqlite:///{tmp_path}/s.db") as store:
-        box = SecretBox(tmp_path / "key")
-        add_environment(store, box, EnvironmentConfig.model_validate(
-            {"name": "lab", "configuration": [server.openstack_section()]}))
-        section = load_environment(store, "lab").section("OpenStack")
-        assert section is not None
-        yield server, OpenStackClient(section, box)
+    with served_client(tmp_path, SIZE) as pair:
+        yield pair
 
 
 @pytest.fixture
@@ -129,16 +120,6 @@ def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return cert, key
 
 
-def tls_client(tmp_path: Path, server: FakeCloudServer, **section: Any) -> OpenStackClient:
-    with open_store(f"sqlite:///{tmp_path}/tls.db") as store:
-        box = SecretBox(tmp_path / "key")
-        add_environment(store, box, EnvironmentConfig.model_validate(
-            {"name": "lab", "configuration": [server.openstack_section(**section)]}))
-        found = load_environment(store, "lab").section("OpenStack")
-    assert found is not None
-    return OpenStackClient(found, box)
-
-
 @pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
 @pytest.mark.parametrize("trust", ["ca_cert", "verify_off"])
 def test_reads_over_https_keep_the_sections_tls_settings(
@@ -146,9 +127,9 @@ def test_reads_over_https_keep_the_sections_tls_settings(
     cert, key = certificate
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key)
-    with FakeCloudServer(FakeCloud(SIZE), tls=context) as server:
+    section = {"ca_cert": str(cert)} if trust == "ca_cert" else {"verify": False}
+    with served_client(tmp_path, SIZE, server={"tls": context}, **section) as (server, client):
         assert server.url.startswith("https://")
-        client = tls_client(tmp_path, server, **({"ca_cert": str(cert)} if trust == "ca_cert" else {"verify": False}))
         expected = {s["id"] for s in server.cloud.items("servers")}
         calls = client.api_calls
         for _ in range(3):  # the first through keystoneauth, then straight to the adapter's pool
@@ -160,8 +141,7 @@ def test_a_certificate_nobody_vouches_for_is_refused(tmp_path: Path, certificate
     cert, key = certificate
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key)
-    with FakeCloudServer(FakeCloud(SIZE), tls=context) as server:
-        client = tls_client(tmp_path, server, ca_cert=str(cert))
+    with served_client(tmp_path, SIZE, server={"tls": context}, ca_cert=str(cert)) as (_, client):
         server_ids(client)
         client.session.verify = True  # the system's authorities only, from now on
         client.adapter.close()
