@@ -52,7 +52,13 @@ if str(ROOT) not in sys.path:  # `python bench/event_bench.py` from the repo roo
 import amqp  # noqa: E402
 import kombu  # noqa: E402
 
-from daemons.event_manager.listener import EventSink, Listener, QueueNames, open_listener_store  # noqa: E402
+from daemons.event_manager.listener import (  # noqa: E402
+    EventSink,
+    Listener,
+    QueueNames,
+    open_listener_store,
+    settle_heap,
+)
 from handlers.base import EventResult  # noqa: E402
 from handlers.envelope import Notification  # noqa: E402
 from stackmap.environments import add_environment  # noqa: E402
@@ -285,7 +291,9 @@ class Run:
     """A listener in a thread of this process, with a commit hook that records what it committed."""
 
     def __init__(self, environment: str, sink: EventSink, options: EventManagerSettings) -> None:
-        self.committed: list[tuple[Notification, float]] = []
+        # (event type, sent, committed): not the notifications themselves, whose objects would make
+        # every full garbage collection of this process slower as the run goes on
+        self.committed: list[tuple[str, float | None, float]] = []
         self.lock = threading.Lock()
         self.listener = Listener(environment, kombu.Connection(BROKER, heartbeat=options.heartbeat_s), sink,
                                  options, on_committed=self._committed)
@@ -293,8 +301,9 @@ class Run:
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _committed(self, items: list[tuple[Notification, float]]) -> None:
+        done = [(n.event_type, n.sent_at, committed) for n, committed in items]
         with self.lock:
-            self.committed.extend(items)
+            self.committed.extend(done)
 
     def _run(self) -> None:
         began = time.thread_time()
@@ -319,10 +328,9 @@ class Run:
         return time.perf_counter()
 
 
-def _sent(n: Notification) -> float:
-    sent = n.sent_at  # the bench stamps every event it publishes
-    if sent is None:
-        raise ValueError(f"a bench event without a readable timestamp: {n.timestamp!r}")
+def _sent(event_type: str, sent: float | None) -> float:
+    if sent is None:  # the bench stamps every event it publishes
+        raise ValueError(f"a bench event ({event_type}) without a readable timestamp")
     return sent
 
 
@@ -331,6 +339,7 @@ def measure(label: str, environment: str, exchange: str, make_sink: Callable[[],
             objects: int = 0, rate_phase: bool = True) -> Figures:
     figures = Figures(label, objects)
     sink = make_sink()
+    settle_heap()  # as run_listener does before it consumes
     with Run(environment, sink, options) as warm:  # declares the queue and bindings; warms caches
         publish(exchange, items, args.warmup, start=0, change=args.change)
         warm.wait(args.warmup, 120)
@@ -342,8 +351,8 @@ def measure(label: str, environment: str, exchange: str, make_sink: Callable[[],
     figures.burst_s = ended - started
     figures.cpu_s = burst.cpu
     outcomes: dict[str, int] = {}
-    for n, _ in burst.committed:
-        outcomes[n.event_type] = outcomes.get(n.event_type, 0) + 1
+    for event_type, _, _ in burst.committed:
+        outcomes[event_type] = outcomes.get(event_type, 0) + 1
     figures.outcomes = outcomes
     if not rate_phase:
         return figures
@@ -362,7 +371,8 @@ def measure(label: str, environment: str, exchange: str, make_sink: Callable[[],
         publisher.join(args.seconds + 60)
         steady.wait(count, args.timeout)
     figures.rate, figures.rate_events = rate, count
-    figures.latencies_ms = sorted(1000 * (committed - _sent(n)) for n, committed in steady.committed)
+    figures.latencies_ms = sorted(1000 * (committed - _sent(event_type, sent))
+                                  for event_type, sent, committed in steady.committed)
     figures.missing = count - len(steady.committed)
     return figures
 
