@@ -463,12 +463,20 @@ class MapUpdater:
             # went down) are recomputed too. Those holders only refresh these links: they are not all
             # the producers of what they hold (a router's links to its networks come from its ports),
             # so nothing is deleted on their account.
-            touching = self.store.find_links(self.environment, touching=sorted(moved))
-            ends = {e for lk in touching for e in (lk["source_id"], lk["target_id"])} - set(holders)
-            if ends:
-                others = self.store.find_objects(self.environment, ids=ends)
+            # Only the other ends that hold one of those links are read, and only the finders of
+            # those links' types run for them.
+            held: dict[str, set[str]] = {}  # other end -> the types of those links it holds
+            for lk in self.store.find_links(self.environment, touching=sorted(moved)):
+                for end, end_type in ((lk["source_id"], lk.get("source_type")),
+                                      (lk["target_id"], lk.get("target_type"))):
+                    if end not in holders and lk["link_type"] in self._held.get(str(end_type), ()):
+                        held.setdefault(end, set()).add(lk["link_type"])
+            if held:
+                others = self.store.find_objects(self.environment, ids=sorted(held))
+                link_types = set().union(*held.values())
+                finders = [f for f in self.finders if f.link_type in link_types]
                 fresh_keys_so_far = {link_key(lk) for lk in fresh}
-                fresh += [lk for lk in find_links(self.environment, others, lookup, self.finders)
+                fresh += [lk for lk in find_links(self.environment, others, lookup, finders)
                           if (lk["source_id"] in moved or lk["target_id"] in moved)
                           and link_key(lk) not in fresh_keys_so_far]
         held_types = {t for h in holders.values() for t in self._held.get(h["type"], ())}
