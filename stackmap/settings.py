@@ -118,7 +118,7 @@ class EventManagerSettings(DaemonSettings):
         "handling (0: each handler reads when its turn comes); worth most where the API answers slowly")
     prefetch: int = Field(default=500, ge=1, le=65535)
     batch_size: int = Field(default=200, ge=1, description="acknowledge after this many messages, with one ack")
-    batch_max_delay_ms: int = Field(default=20, ge=0, description="...or after this long, whichever is first")
+    batch_max_delay_ms: int = Field(default=10, ge=0, description="...or after this long, whichever is first")
     batch_backlog_delay_ms: int = Field(
         default=500, ge=0, description="...but while more messages wait behind the batch, after this long: they "
         "are held up by the queue anyway, and one commit (and one clique rebuild) for many events drains it faster")
