@@ -483,7 +483,7 @@ class MapUpdater:
         current = {link_key(lk): lk for lk in self.store.find_links(
             self.environment, touching=list(holders), link_types=held_types)} if held_types else {}
         missing = {link_key(lk) for lk in fresh} - set(current)
-        if missing:  # links of renamed objects held by others: compare them with what is stored too
+        if missing:  # links of renamed or restated objects held by others: compare them with what is stored too
             current.update({link_key(lk): lk for lk in self.store.find_links(
                 self.environment, touching=sorted({k[1] for k in missing}),
                 link_types=sorted({k[0] for k in missing})) if link_key(lk) in missing})
@@ -578,22 +578,10 @@ class MapUpdater:
 
     def _rederive_instances(self, instance_ids: list[str]) -> None:
         """``_rederive_instance`` for many instances at once: one read of their ports, and one walk
-        per host (each host's instances are placed together, as a scan places them)."""
-        stored = [o for o in self.store.find_objects(self.environment, ids=instance_ids) if o.get("type") == "instance"]
-        if not stored:
-            return
-        port_ids = [lk["target_id"] for lk in self.find_links(link_type="instance-port",
-                                                              sources=[o["id"] for o in stored])]
-        ports = [raw_of(p) for p in self.store.find_objects(self.environment, ids=port_ids)] if port_ids else []
-        by_host: dict[tuple[str, str], list[Doc]] = {}
-        for instance in stored:
-            raw = raw_of(instance)
-            by_host.setdefault((str(instance.get("region") or ""), str(raw.get("OS-EXT-SRV-ATTR:host") or "")),
-                               []).append(raw)
-        for (region, _host), raws in by_host.items():
-            again = Change()
+        per host."""
+        for region, raws, ports in self._instances_by_host(instance_ids):
             try:
-                again = self.refresh("instance", raws, seeds={R.PORTS: ports}, region=region or None)
+                again = self.refresh("instance", raws, seeds={R.PORTS: ports}, region=region)
             except MissingParent as exc:  # their host went away in this batch: the instances with it
                 log.info("instances not re-derived from their ports", instances=[r.get("id") for r in raws],
                          reason=str(exc))
@@ -713,11 +701,6 @@ class MapUpdater:
     def root(self) -> Doc:
         return environment_root(self.environment)
 
-    def instance_ports(self, instance_id: str) -> list[Doc]:
-        """The stored ports of an instance, found through its instance-port links (indexed)."""
-        ids = [lk["target_id"] for lk in self.find_links(link_type="instance-port", source_id=instance_id)]
-        return self.store.find_objects(self.environment, ids=ids) if ids else []
-
     def refresh_instance_ports(self, instance_id: str, change: Change, add: Doc | None = None,
                                drop: str | None = None) -> None:
         """Re-derive a stored instance from its ports (network, addresses) after one of them changed.
@@ -729,18 +712,33 @@ class MapUpdater:
 
     def _rederive_instance(self, instance_id: str, change: Change, add: Doc | None = None,
                            drop: str | None = None) -> None:
-        stored = self.stored(instance_id)
-        if stored is None or stored.get("type") != "instance":
-            return
-        ports = {p["id"]: raw_of(p) for p in self.instance_ports(instance_id)}
+        for region, raws, ports in self._instances_by_host([instance_id], add, drop):
+            again = self.refresh("instance", raws, seeds={R.PORTS: ports}, region=region)
+            change.upserted.extend(again.upserted)
+            change.written += again.written
+
+    def _instances_by_host(self, instance_ids: list[str], add: Doc | None = None, drop: str | None = None
+                           ) -> list[tuple[str | None, list[Doc], list[Doc]]]:
+        """The stored instances among ``instance_ids``, as API items grouped by (region, host) as a
+        scan places them, each group with their stored ports (found through the instance-port links,
+        indexed), ``add`` put in and ``drop`` left out: (region, instances, ports) per group."""
+        stored = [o for o in self.store.find_objects(self.environment, ids=instance_ids) if o.get("type") == "instance"]
+        if not stored:
+            return []
+        port_ids = [lk["target_id"] for lk in self.find_links(link_type="instance-port",
+                                                              sources=[o["id"] for o in stored])]
+        ports = {p["id"]: raw_of(p) for p in self.store.find_objects(self.environment, ids=port_ids)} \
+            if port_ids else {}
         if add is not None:
             ports[str(add["id"])] = add
         if drop is not None:
             ports.pop(drop, None)
-        again = self.refresh("instance", [raw_of(stored)], seeds={R.PORTS: list(ports.values())},
-                             region=stored.get("region"))
-        change.upserted.extend(again.upserted)
-        change.written += again.written
+        by_host: dict[tuple[str, str], list[Doc]] = {}
+        for instance in stored:
+            raw = raw_of(instance)
+            by_host.setdefault((str(instance.get("region") or ""), str(raw.get("OS-EXT-SRV-ATTR:host") or "")),
+                               []).append(raw)
+        return [(region or None, raws, list(ports.values())) for (region, _host), raws in by_host.items()]
 
     def request_scan(self, resource_types: list[str], reason: str) -> str:
         """Ask the scan manager for a sync of some types (e.g. a host the map does not know yet)."""

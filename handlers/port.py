@@ -45,6 +45,6 @@ class PortHandler(PayloadHandler):
         return EventResult.again(str(exc), str(item.get("id")))
 
     def after_delete(self, oid: str, before: dict[str, Any] | None, change: Any) -> None:
-        if before and str(before.get("device_owner") or "").startswith("compute:") and before.get("device_id"):
+        if before and _on_instance(before):
             self.updater.refresh_instance_ports(str(before["device_id"]), change, drop=oid)
             self.updater.reclique(change)

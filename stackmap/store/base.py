@@ -33,6 +33,8 @@ LinkKey = tuple[str, str, str]  # (link_type, source_id, target_id)
 def link_key(link: Mapping[str, Any]) -> LinkKey:
     """What identifies a link document: its type and its two ends."""
     return (str(link["link_type"]), str(link["source_id"]), str(link["target_id"]))
+
+
 MONITOR_FIELDS = frozenset({"status_value", "status_text", "status_timestamp", "status_last_seen"})
 MONITOR_STATUS = "status"  # the label, shared with API statuses (see the module docstring)
 MONITOR_LABELS = ("OK", "Warning", "Critical", "Unknown")  # never an OpenStack API status

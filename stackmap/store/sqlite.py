@@ -275,11 +275,11 @@ class SqliteStore(Store):
         except sqlite3.Error:
             return  # the store's own connection reports what is wrong with the file
         try:
-            while not stop.wait(interval_s):
+            stopping = False
+            while not stopping:  # a last turn once stopped: what the writer committed last is copied too
+                stopping = stop.wait(interval_s)
                 with suppress(sqlite3.Error):  # busy now: the next turn copies what this one could not
                     conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-            with suppress(sqlite3.Error):
-                conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
         finally:
             conn.close()
 

@@ -10,7 +10,6 @@ kept and tokens are replaced by a placeholder.
 from __future__ import annotations
 
 import json
-import os
 import re
 import threading
 from collections import defaultdict, deque
@@ -52,7 +51,7 @@ class CountingAdapter(HTTPAdapter):
         super().__init__(*args, **kwargs)
         self.calls = 0
         self._lock = threading.Lock()
-        self._pools: dict[tuple[str, str, int | None, bool | str, Any], HTTPConnectionPool] = {}
+        self._pools: dict[tuple[str, str, bool | str, Any], HTTPConnectionPool] = {}
 
     def _count(self) -> None:
         with self._lock:
@@ -77,7 +76,7 @@ class CountingAdapter(HTTPAdapter):
         parts = urlsplit(url)
         query = "&".join(q for q in (parts.query, urlencode(params or {}, doseq=True)) if q)
         target = (parts.path or "/") + (f"?{query}" if query else "")
-        pool = self._pool(parts.scheme, parts.hostname or "", parts.port, verify, cert)
+        pool = self._pool(parts.scheme, parts.netloc, verify, cert)
         try:
             raw = pool.urlopen("GET", target, headers=dict(headers), retries=self.max_retries, redirect=False,
                                assert_same_host=False, preload_content=True, decode_content=True,
@@ -105,19 +104,14 @@ class CountingAdapter(HTTPAdapter):
         response.connection = self
         return response
 
-    def _pool(self, scheme: str, host: str, port: int | None, verify: bool | str, cert: Any) -> HTTPConnectionPool:
-        """The pool ``send`` would use for this host with these TLS settings (as requests derives them)."""
-        key = (scheme, host, port, verify, cert)
+    def _pool(self, scheme: str, netloc: str, verify: bool | str, cert: Any) -> HTTPConnectionPool:
+        """The pool ``send`` would use for this host with these TLS settings."""
+        key = (scheme, netloc, verify, cert)
         pool = self._pools.get(key)
-        if pool is None:
-            kwargs: dict[str, Any] = {"cert_reqs": "CERT_NONE" if verify is False else "CERT_REQUIRED"}
-            if isinstance(verify, str):
-                kwargs["ca_cert_dir" if os.path.isdir(verify) else "ca_certs"] = verify
-            if isinstance(cert, tuple) and len(cert) == 2:
-                kwargs["cert_file"], kwargs["key_file"] = cert
-            elif cert:
-                kwargs["cert_file"] = cert
-            pool = self.poolmanager.connection_from_host(host, port, scheme, pool_kwargs=kwargs)
+        if pool is None:  # requests' own derivation, once per host and settings
+            probe = requests.Request("GET", f"{scheme}://{netloc}/").prepare()
+            host_params, pool_kwargs = self.build_connection_pool_key_attributes(probe, verify, cert)
+            pool = self.poolmanager.connection_from_host(**host_params, pool_kwargs=pool_kwargs)
             with self._lock:
                 self._pools[key] = pool
         return pool
