@@ -357,14 +357,17 @@ class MapUpdater:
                 cutoff = now - TOMBSTONE_SECONDS
                 self._tombstones = {k: v for k, v in self._tombstones.items() if v > cutoff}
 
-    def revision_seen(self, item: Doc) -> str | None:
-        """How a neutron item's ``revision_number`` compares with the map's copy: "older" (a late
-        delivery: ignore it), "same" (a duplicate: neutron bumps the revision on every change of the
-        resource, so the map already holds this state) or None (newer, unknown, or no revisions)."""
+    def revision_seen(self, item: Doc, stored: object = _NOT_READ) -> str | None:
+        """How a neutron item's ``revision_number`` compares with the map's copy (``stored``, read here
+        unless given): "older" (a late delivery: ignore it), "same" (a duplicate: neutron bumps the
+        revision on every change of the resource, so the map already holds this state) or None
+        (newer, unknown, or no revisions)."""
         revision = item.get("revision_number")
         if not isinstance(revision, int):
             return None
-        stored = self.store.get_object(self.environment, str(item.get("id")))
+        if stored is _NOT_READ:
+            stored = self.store.get_object(self.environment, str(item.get("id")))
+        stored = cast("Doc | None", stored)
         held = stored.get("revision_number") if stored is not None else None
         if not isinstance(held, int) or held < revision:
             return None

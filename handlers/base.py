@@ -54,6 +54,8 @@ class EventBase:
 
     handles: ClassVar[dict[str, str]] = {}
     object_type: ClassVar[str] = ""
+    # methods that have a ``<method>_many`` twin handling several events at once (``many_for``)
+    grouped: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, updater: MapUpdater) -> None:
         self.updater = updater
@@ -61,6 +63,14 @@ class EventBase:
     def method_for(self, event_type: str) -> Callable[[Notification], EventResult] | None:
         name = self.handles.get(event_type)
         return getattr(self, name) if name else None
+
+    def many_for(self, event_type: str) -> Callable[[list[Notification]], list[EventResult]] | None:
+        """The method that handles several events of this type at once, as handling them one after
+        the other would, but in one pass over the store; None when there is none. It returns one
+        result per event, and may raise (``MissingParent``...): the dispatcher then rolls it back and
+        handles the events one at a time."""
+        name = self.handles.get(event_type)
+        return getattr(self, f"{name}_many") if name in self.grouped else None
 
     def coalesce_key(self, n: Notification) -> tuple[str, str] | None:
         """A key when handling a later event with the same key makes handling this one pointless
@@ -108,6 +118,78 @@ class PayloadHandler(EventBase):
                                         f"{change.describe()}", str(item["id"]))
             item = current
         return self.apply_item(item, n.event_type)
+
+    def upsert_many(self, ns: list[Notification]) -> list[EventResult]:
+        """``upsert`` for consecutive events: their objects are placed together (one walk per parent,
+        one read and one write of the store), then relinked and their cliques noted together. An
+        object named twice splits the events there: the later ones are handled after the earlier
+        ones are placed, as one at a time would."""
+        results: list[EventResult | None] = [None] * len(ns)
+        picked: dict[str, tuple[int, str, dict[str, Any]]] = {}  # id -> (index, event type, item)
+        rest = len(ns)
+        for i, n in enumerate(ns):
+            item = n.data.get(self.item_key)
+            if not isinstance(item, dict) or not item.get("id"):
+                results[i] = EventResult.failed(f"{n.event_type}: payload has no {self.item_key} object")
+                continue
+            oid = str(item["id"])
+            if oid in picked:
+                rest = i
+                break
+            if not self.updater.trust_payloads:  # as in upsert: the API's representation, not the payload's
+                current = self.updater.show(self.kind, oid)
+                if current is None:
+                    change = self.remove(oid)
+                    results[i] = EventResult.done(f"{n.event_type}: {self.kind} already gone from the API; "
+                                                  f"{change.describe()}", oid)
+                    continue
+                item = current
+            picked[oid] = (i, n.event_type, item)
+        self._apply_many(list(picked.values()), results)
+        if rest < len(ns):
+            results[rest:] = self.upsert_many(ns[rest:])
+        return [r if r is not None else EventResult.failed("not handled") for r in results]
+
+    def _apply_many(self, picked: list[tuple[int, str, dict[str, Any]]], results: list[EventResult | None]) -> None:
+        """``apply_item`` for several objects of distinct ids; fills in their results."""
+        from handlers.apply import Change
+
+        stored = {o["id"]: o for o in self.updater.store.find_objects(
+            self.updater.environment, ids=[str(item["id"]) for _, _, item in picked])} if picked else {}
+        placing: list[tuple[int, str, dict[str, Any]]] = []
+        for i, event_type, item in picked:
+            oid = str(item["id"])
+            if self.updater.tombstoned(oid):
+                results[i] = EventResult.skip(f"{self.kind} {oid} was deleted; late {event_type} ignored", oid)
+                continue
+            seen = self.updater.revision_seen(item, stored.get(oid))
+            if seen == "older":
+                results[i] = EventResult.skip(f"{self.kind} {oid}: revision {item.get('revision_number')} is older "
+                                              "than the map's; ignored", oid)
+            elif seen == "same" and self.updater.atomic:
+                results[i] = EventResult.skip(f"{self.kind} {oid}: the map is at revision "
+                                              f"{item.get('revision_number')} already; duplicate ignored", oid)
+            else:
+                placing.append((i, event_type, item))
+        if not placing:
+            return
+        items = [item for _, _, item in placing]
+        seeds: dict[Any, dict[str, dict[str, Any]]] = {}
+        for item in items:
+            for res, seeded in self.seeds(item).items():
+                seeds.setdefault(res, {}).update((str(s.get("id")), s) for s in seeded)
+        change: Change = self.updater.refresh(self.kind, items, {res: list(by_id.values())
+                                                                 for res, by_id in seeds.items()})
+        holders: list[dict[str, Any]] = []
+        for item in items:
+            self.after(item, change)
+            holders.extend(self.extra_holders(item, change))
+        self.updater.relink(change, holders)
+        self.updater.reclique(change)
+        together = f" (with {len(items) - 1} other(s) in one pass)" if len(items) > 1 else ""
+        for i, event_type, item in placing:
+            results[i] = EventResult.done(f"{event_type}: {self.kind} {item['id']} placed{together}; "
+                                          f"{change.describe()}", str(item["id"]), self.kind)
 
     def apply_item(self, item: dict[str, Any], event_type: str) -> EventResult:
         from handlers.apply import Change, MissingParent

@@ -103,6 +103,7 @@ class Dispatcher:
         self._batch: AbstractContextManager[bool] | None = None
         self._messages: list[dict[str, Any]] = []
         self._lost: str | None = None  # why the events handled since the last flush were undone
+        self._atomic_batch = False  # the batches commit as a whole (known once the first one is open)
         classes = handler_classes()
         instances: dict[str, EventBase] = {}
         self.table: dict[str, EventBase] = {}
@@ -119,6 +120,51 @@ class Dispatcher:
         the same key, handled after it, leaves the map exactly as handling both would."""
         handler = self.table.get(notification.event_type)
         return handler.coalesce_key(notification) if handler is not None else None
+
+    def group_key(self, notification: Notification) -> tuple[str, str] | None:
+        """(handler, method) when the event can be handled together with others that share it
+        (``handle_many``), and in any order with those of other keys: only in batches that commit as a
+        whole, where links, cliques and instances derived from ports are redone at the flush from the
+        state all the batch's events leave (``MapUpdater.begin_batch``)."""
+        if not self.batched or not self._atomic_batch:
+            return None
+        handler = self.table.get(notification.event_type)
+        if handler is None or handler.many_for(notification.event_type) is None:
+            return None
+        return type(handler).__name__, handler.handles[notification.event_type]
+
+    def handle_many(self, notifications: list[Notification]) -> list[EventResult]:
+        """Handle consecutive events of one ``group_key`` together, all-or-nothing, as one after the
+        other would; one result per event. Where that cannot be done (a store without atomic
+        batches, an object without its parent, any failure), they are handled one at a time."""
+        first = notifications[0]
+        handler = self.table.get(first.event_type)
+        many = handler.many_for(first.event_type) if handler is not None else None
+        key = self.group_key(first)
+        store = self._store()
+        if handler is None or many is None or store is None or len(notifications) == 1 \
+                or any(self.group_key(n) != key for n in notifications[1:]):
+            return [self.handle(n) for n in notifications]
+        try:
+            self._commit_before_waiting(handler, first)
+            self._open_batch()
+            if not self._atomic_batch:
+                return [self.handle(n) for n in notifications]
+            with store.transaction() as atomic:  # these events' writes, all or nothing
+                self.updater.atomic = atomic
+                results = many(notifications)
+                for notification, result in zip(notifications, results, strict=True):
+                    if not result.ignored:
+                        self.record(notification, result)
+            return results
+        except StoreUnavailable as exc:
+            return [EventResult.store_unavailable(str(exc))] * len(notifications)
+        except Exception as exc:  # undone: one at a time, each says what is wrong with it
+            quiet = isinstance(exc, StackmapError)  # e.g. an object whose parent is not mapped yet
+            (log.info if quiet else log.warning)(
+                "events not handled together; handling them one at a time", event_type=first.event_type,
+                events=len(notifications), error=f"{type(exc).__name__}: {exc}", exc_info=not quiet)
+            return [self.handle(n) for n in notifications]
 
     def read_ahead(self, notification: Notification) -> None:
         """Start the API reads this event's handling will make (see ``MapUpdater.read_ahead``)."""
@@ -146,6 +192,7 @@ class Dispatcher:
         batch = store.transaction()
         atomic = batch.__enter__()
         self._batch = batch
+        self._atomic_batch = atomic
         if atomic:
             # Cliques wait for the flush only where the batch commits as a whole: elsewhere a crash
             # before the flush would leave the events' writes without the cliques they alter, and

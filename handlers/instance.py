@@ -29,6 +29,7 @@ def instance_id(n: Notification) -> str | None:
 
 class InstanceHandler(EventBase):
     object_type = "instance"
+    grouped = frozenset({"changed"})  # placed together (changed_many)
     handles: ClassVar[dict[str, str]] = {
         **{e: "changed" for e in (
             "compute.instance.create.end", "compute.instance.rebuild.end", "compute.instance.update",
@@ -96,6 +97,52 @@ class InstanceHandler(EventBase):
                 change.written += again.written
 
     def changed(self, n: Notification) -> EventResult:
+        picked = self._read(n)
+        if isinstance(picked, EventResult):
+            return picked
+        region = self.updater.region()
+        ports = self.updater.list_filtered(R.PORTS, region, device_id=picked["id"])
+        try:
+            change = self.updater.refresh("instance", [picked], seeds={R.PORTS: ports}, region=region)
+        except MissingParent as exc:
+            return EventResult.again(self.updater.request_scan(["host", "instances_folder"], str(exc)), picked["id"])
+        self._relink(change, ports)
+        return self._result(n, picked, change.describe())
+
+    def changed_many(self, ns: list[Notification]) -> list[EventResult]:
+        """``changed`` for several events: their servers are placed together (one walk per host, one
+        read and one write of the store) and relinked together. An instance named twice splits the
+        events there, as in ``PayloadHandler.upsert_many``; a missing host raises ``MissingParent``
+        (the dispatcher then handles the events one at a time)."""
+        results: list[EventResult | None] = [None] * len(ns)
+        picked: dict[str, tuple[int, dict[str, Any]]] = {}
+        rest = len(ns)
+        for i, n in enumerate(ns):
+            oid = instance_id(n)
+            if oid is not None and oid in picked:
+                rest = i
+                break
+            server = self._read(n)
+            if isinstance(server, EventResult):
+                results[i] = server
+            else:
+                picked[str(server["id"])] = (i, server)
+        if picked:
+            region = self.updater.region()
+            ports = [p for oid in picked for p in self.updater.list_filtered(R.PORTS, region, device_id=oid)]
+            change = self.updater.refresh("instance", [server for _, server in picked.values()],
+                                          seeds={R.PORTS: ports}, region=region)
+            self._relink(change, ports)
+            together = f"instance placed with {len(picked) - 1} other(s) in one pass; " if len(picked) > 1 else ""
+            for i, server in picked.values():
+                results[i] = self._result(ns[i], server, together + change.describe())
+        if rest < len(ns):
+            results[rest:] = self.changed_many(ns[rest:])
+        return [r if r is not None else EventResult.failed("not handled") for r in results]
+
+    def _read(self, n: Notification) -> dict[str, Any] | EventResult:
+        """The server an event is about, as the API has it now; or the event's result when there is
+        nothing to place (gone, not on a host yet, the API not caught up)."""
         oid = instance_id(n)
         if oid is None:
             return EventResult.failed(f"{n.event_type}: payload names no instance")
@@ -113,19 +160,20 @@ class InstanceHandler(EventBase):
         lagging = self.api_lags(n, server)
         if lagging:
             return EventResult.again(lagging, oid)
-        region = self.updater.region()
-        ports = self.updater.list_filtered(R.PORTS, region, device_id=oid)
-        try:
-            change = self.updater.refresh("instance", [server], seeds={R.PORTS: ports}, region=region)
-        except MissingParent as exc:
-            return EventResult.again(self.updater.request_scan(["host", "instances_folder"], str(exc)), oid)
+        return server
+
+    def _relink(self, change: Change, ports: list[dict[str, Any]]) -> None:
         port_ids = [str(p["id"]) for p in ports]
         holders: list[dict[str, Any]] = self.updater.store.find_objects(self.updater.environment, ids=port_ids) \
             if port_ids else []
         self.updater.relink(change, holders)
         self.updater.reclique(change)
+
+    @staticmethod
+    def _result(n: Notification, server: dict[str, Any], described: str) -> EventResult:
+        oid = str(server["id"])
         task = server.get("OS-EXT-STS:task_state")
         if task and n.event_type.endswith(".end"):
             # mapped as it is now; nova is still busy with it, so read again shortly
             return EventResult.again(f"instance {oid} is still {task}; mapped, reading again", oid)
-        return EventResult.done(f"{n.event_type}: {change.describe()}", oid, "instance")
+        return EventResult.done(f"{n.event_type}: {described}", oid, "instance")

@@ -113,7 +113,14 @@ class EventSink(Protocol):
     key makes handling this one pointless (both re-read the same object): of the deliveries waiting
     together, only the last one per key is handled, the others are acknowledged as ``coalesced``. An
     optional ``read_ahead(notification)`` is called as each notification arrives, so the sink can start
-    the slow reads its handling will need (the API) while earlier ones are being handled.
+    the slow reads its handling will need (the API) while earlier ones are being handled. An optional
+    ``group_key(notification)`` with ``handle_many(notifications)``: of a run of waiting deliveries
+    that all have a key (not None), those with the same key are handed over together, key after key,
+    and ``handle_many`` returns one result per notification, in order, as handling them one after the
+    other would (where the sink can, in one pass over the store); a store outage is reported for the
+    first of them it reached and all after. So a sink gives keys only to events whose handling
+    commutes with that of every other keyed event (a port update with an instance update, where
+    what depends on both is redone at the flush), and None to every other event: a barrier.
     """
 
     def bindings(self) -> list[tuple[str, str]]: ...
@@ -361,6 +368,8 @@ class _Delivery:
     detail: str = ""
     committed_at: float = 0.0
     key: Hashable | None = None  # same key, later delivery: this one need not be handled (coalesce_key)
+    read_ahead: bool = False  # its reads were started when it arrived (read_ahead)
+    group: Hashable | None = None  # handled together with the deliveries next to it that share it (group_key)
 
 
 class _Stopped(Exception):
@@ -402,6 +411,9 @@ class Listener:
         self._coalesce_key: Callable[[Notification], Hashable | None] | None = _optional(sink, "coalesce_key")
         self._latest: dict[Hashable, _Delivery] = {}
         self._read_ahead: Callable[[Notification], None] | None = _optional(sink, "read_ahead")
+        self._handle_many: Callable[[list[Notification]], list[EventResult]] | None = _optional(sink, "handle_many")
+        self._group_key: Callable[[Notification], Hashable | None] | None = \
+            _optional(sink, "group_key") if self._handle_many is not None else None
         self._known = _sink_event_types(sink)
         self._stop = threading.Event()
         self._inbox: deque[_Delivery] = deque()
@@ -565,6 +577,8 @@ class Listener:
                     amqp_conn.blocking_read(None)
         except TimeoutError:
             idle = True
+        if len(self._inbox) > 1:  # it arrived alone, but others came with it: it waits behind none of
+            self._start_reads(self._inbox[0])  # them, yet its reads merge with theirs
         now = time.monotonic()
         if now - self._last_heartbeat_check >= 1.0:
             self._last_heartbeat_check = now
@@ -668,13 +682,25 @@ class Listener:
                 log.warning("coalesce_key failed", environment=self.environment, error=f"{type(exc).__name__}: {exc}")
             if delivery.key is not None:
                 self._latest[delivery.key] = delivery
-        # read ahead only when this one will wait behind others: alone, its handler reads at once
-        if notification is not None and self._read_ahead is not None and self._inbox:
+        if notification is not None and self._group_key is not None:
             try:
-                self._read_ahead(notification)
-            except Exception as exc:  # an optimisation: without it the handler reads for itself
-                log.warning("read_ahead failed", environment=self.environment, error=f"{type(exc).__name__}: {exc}")
+                delivery.group = self._group_key(notification)
+            except Exception as exc:  # an optimisation: without it the event is handled alone
+                log.warning("group_key failed", environment=self.environment, error=f"{type(exc).__name__}: {exc}")
+        # read ahead only when this one will wait behind others: alone, its handler reads at once
+        # (the first of several that come in one read of the socket is read ahead by _pump)
+        if self._inbox:
+            self._start_reads(delivery)
         self._inbox.append(delivery)
+
+    def _start_reads(self, delivery: _Delivery) -> None:
+        if delivery.notification is None or self._read_ahead is None or delivery.read_ahead:
+            return
+        delivery.read_ahead = True
+        try:
+            self._read_ahead(delivery.notification)
+        except Exception as exc:  # an optimisation: without it the handler reads for itself
+            log.warning("read_ahead failed", environment=self.environment, error=f"{type(exc).__name__}: {exc}")
 
     def _work(self, now: float, idle: bool) -> None:
         """Handle what has arrived, in delivery order, then settle the batch when it is due.
@@ -687,15 +713,17 @@ class Listener:
                 delivery = self._inbox[0]
                 if self._done and self._waits(delivery):
                     self._complete()  # the events before it are committed and acked, not kept waiting
-                if not self._decide(delivery):
+                run = self._run_at_head()
+                decided = self._decide_run(run) if len(run) > 1 else int(self._decide(delivery))
+                for _ in range(decided):
+                    if not self._done:
+                        self._batch_started = now
+                    self._done.append(self._inbox.popleft())
+                if decided < len(run):
                     self._enter_outage()
                     break
                 if self._outage_delay:
                     self._leave_outage()
-                self._inbox.popleft()
-                if not self._done:
-                    self._batch_started = now
-                self._done.append(delivery)
                 now = time.monotonic()
                 # a batch's writes may hold the store's write lock until it is settled (see EventSink):
                 # settled as soon as it is due, even in the middle of a busy turn
@@ -724,8 +752,38 @@ class Listener:
             log.warning("will_wait failed", environment=self.environment, error=f"{type(exc).__name__}: {exc}")
             return False
 
-    def _decide(self, d: _Delivery) -> bool:
-        """Handle one delivery and decide its fate; False when the store is unavailable (hold it)."""
+    def _run_at_head(self) -> list[_Delivery]:
+        """The run of deliveries at the head of the inbox that all have a group key, as many as the
+        open batch still has room for (just the head when it has none)."""
+        room = max(1, self.options.batch_size - len(self._done))
+        run: list[_Delivery] = []
+        for d in self._inbox:
+            if d.group is None or len(run) >= room:
+                break
+            run.append(d)
+        return run or [self._inbox[0]]
+
+    def _decide_run(self, run: list[_Delivery]) -> int:
+        """Decide a run key by key (see ``EventSink``); returns the length of its decided prefix: all of
+        it, or, when the store went away, up to the first delivery left undecided. Those decided after
+        that one stay in the inbox too (they cannot be acknowledged before it) and are handled again."""
+        groups: dict[Hashable, list[_Delivery]] = {}
+        for d in run:
+            groups.setdefault(d.group, []).append(d)
+        decided: set[int] = set()
+        for group in groups.values():
+            count = self._decide_many(group) if len(group) > 1 else int(self._decide(group[0]))
+            decided.update(id(d) for d in group[:count])
+            if count < len(group):
+                break
+        for n, d in enumerate(run):
+            if id(d) not in decided:
+                return n
+        return len(run)
+
+    def _settled_before_handling(self, d: _Delivery) -> bool:
+        """Decide the fate of a delivery that needs no handling (undecodable, or coalesced into a
+        later one); False when it must be handled."""
         if d.notification is None:
             d.result = M.DEAD_LETTERED
             d.reason = d.bad.reason if isinstance(d.bad, BadMessage) else "undecodable"
@@ -738,6 +796,42 @@ class Listener:
                 # the state this one would give (it re-reads the object): handling this one is waste
                 d.result, d.committed_at = M.COALESCED, time.time()
                 return True
+        return False
+
+    def _decide_many(self, group: list[_Delivery]) -> int:
+        """``_decide`` for a group the sink handles together; returns how many, from the first, were
+        decided (fewer than all when the store is unavailable: the rest are held)."""
+        todo = [d for d in group if not self._settled_before_handling(d)]
+        if not todo:
+            return len(group)
+        at = {id(d): n for n, d in enumerate(group)}
+        assert self._handle_many is not None
+        notifications = [d.notification for d in todo if d.notification is not None]
+        start = time.perf_counter()
+        try:
+            results = self._handle_many(notifications)
+            if len(results) != len(todo) or not all(isinstance(r, EventResult) for r in results):
+                raise TypeError(f"handle_many() returned {len(results)} results for {len(todo)} notifications")
+        except StoreError as exc:  # a sink that lets it through instead of returning retries
+            results = [EventResult.store_unavailable(str(exc))] * len(todo)
+        except Exception as exc:  # the sink broke its contract: each is handled alone, which says why
+            log.error("sink raised", environment=self.environment, handled_together=len(todo),
+                      error=f"{type(exc).__name__}: {exc}", exc_info=True)
+            for d in todo:
+                if not self._decide(d):
+                    return at[id(d)]
+            return len(group)
+        share = (time.perf_counter() - start) / len(todo)  # the group's time, shared out
+        for d, result in zip(todo, results, strict=True):
+            if not self._settle(d, result, share):
+                return at[id(d)]
+        return len(group)
+
+    def _decide(self, d: _Delivery) -> bool:
+        """Handle one delivery and decide its fate; False when the store is unavailable (hold it)."""
+        if self._settled_before_handling(d):
+            return True
+        assert d.notification is not None
         start = time.perf_counter()
         try:
             result = self.sink.handle(d.notification)
@@ -750,7 +844,10 @@ class Listener:
                       error=f"{type(exc).__name__}: {exc}", exc_info=True)
             d.result, d.reason, d.detail = M.DEAD_LETTERED, REASON_SINK_ERROR, _text(f"{type(exc).__name__}: {exc}")
             return True
-        elapsed = time.perf_counter() - start
+        return self._settle(d, result, time.perf_counter() - start)
+
+    def _settle(self, d: _Delivery, result: EventResult, elapsed: float) -> bool:
+        """The fate of a handled delivery, from its result; False for a store outage (hold it)."""
         if is_store_outage(result):
             self._outage_reason = result.message
             return False

@@ -113,3 +113,33 @@ def failing_listener(environment: str, settings: Any, sink_spec: str, pipe: Conn
     if pipe is not None:
         pipe.send(("error", "broker exploded (test)"))
     raise SystemExit(1)
+
+
+class GroupingSink(DoubleSink):
+    """The double, handling events together as the dispatcher does: ``{"group": g}`` in a payload is
+    its group key; ``handle_many`` notes each group it is given (message ids), then handles each
+    event as ``handle`` would, in order. A group holding ``{"do": "outage"}`` reports a store
+    outage for all of its events, as an undone pass would (once per message id, then it works)."""
+
+    def __init__(self, environment: str, store: Store) -> None:
+        super().__init__(environment, store)
+        self.groups: list[list[str]] = []
+        self.order: list[str] = []  # message ids, in the order they were handled (retries included)
+        self.outages: set[str] = set()
+
+    def group_key(self, n: Notification) -> str | None:
+        group = n.data.get("group")
+        return group if isinstance(group, str) else None
+
+    def handle(self, n: Notification) -> EventResult:
+        self.order.append(str(n.message_id))
+        return super().handle(n)
+
+    def handle_many(self, ns: list[Notification]) -> list[EventResult]:
+        ids = [str(n.message_id) for n in ns]
+        self.groups.append(ids)
+        outage = [i for n, i in zip(ns, ids, strict=True) if n.data.get("do") == "outage" and i not in self.outages]
+        if outage:
+            self.outages.update(outage)
+            return [EventResult.store_unavailable("the double was told the store is away")] * len(ns)
+        return [self.handle(n) for n in ns]

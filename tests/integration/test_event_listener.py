@@ -38,7 +38,7 @@ from stackmap.secrets import SecretBox
 from stackmap.settings import EventManagerSettings, load_settings
 from stackmap.store import Store
 from stackmap.store.sqlite import SqliteStore
-from tests.integration.event_doubles import exchanges_for
+from tests.integration.event_doubles import GroupingSink, exchanges_for
 from tests.integration.event_helpers import (
     BROKER,
     Publisher,
@@ -260,6 +260,55 @@ def test_waiting_events_for_one_object_are_coalesced_to_the_last(
     assert handled_ids(db, env_name) == {"slow", "m-3", "m-4", "m-5"}
     assert sample("stackmap_events_handled_total", env_name, event_type="test.thing.update.end",
                   result="handled") == 4
+    assert drain_queue(QueueNames.for_environment(env_name).dead) == []
+
+
+def test_a_run_of_waiting_events_is_handled_together_key_by_key_up_to_a_barrier(
+        env_name: str, sqlite_store: Store, db: Path, options: EventManagerSettings) -> None:
+    sink = GroupingSink(env_name, sqlite_store)
+    with running_listener(env_name, sqlite_store, options, sink=sink):
+        pass
+    pub = publisher(env_name)
+    pub.publish(oslo_body("test.thing.update.end", {"sleep_ms": 700}, "slow"), "slow")  # the others wait
+    for i, payload in enumerate([{"group": "A"}, {"group": "B"}, {"group": "A"}, {},  # {}: no key, a barrier
+                                 {"group": "A"}, {"group": "A", "do": "fail"}, {"group": "B"}]):
+        pub.publish(oslo_body("test.thing.update.end", payload, f"m-{i}"), f"m-{i}")
+    with running_listener(env_name, sqlite_store, options, sink=sink) as listener:
+        wait_for(lambda: queue_depth(listener.names.main) == 0 and queue_depth(listener.names.dead) == 1, 15,
+                 "all eight to be settled")
+    # the keyed ones before the barrier key by key (A's together, B's alone), then the barrier, then the rest
+    assert sink.groups == [["m-0", "m-2"], ["m-4", "m-5"]]
+    assert sink.order == ["slow", "m-0", "m-2", "m-1", "m-3", "m-4", "m-5", "m-6"]
+    # each event of a group has its own fate
+    assert handled_ids(db, env_name) == {"slow", "m-0", "m-1", "m-2", "m-3", "m-4", "m-6"}
+    dead = drain_queue(QueueNames.for_environment(env_name).dead)
+    assert [(h[REASON_HEADER], json.loads(json.loads(b)["oslo.message"])["message_id"]) for h, b in dead] == \
+        [("handler_failed", "m-5")]
+    assert sample("stackmap_events_handled_total", env_name, event_type="test.thing.update.end",
+                  result="handled") == 7
+
+
+def test_a_store_outage_in_a_run_holds_the_rest_of_it_and_loses_nothing(
+        env_name: str, sqlite_store: Store, db: Path, options: EventManagerSettings) -> None:
+    sink = GroupingSink(env_name, sqlite_store)
+    with running_listener(env_name, sqlite_store, options, sink=sink):
+        pass
+    pub = publisher(env_name)
+    pub.publish(oslo_body("test.thing.update.end", {"sleep_ms": 700}, "slow"), "slow")
+    for i, payload in enumerate([{"group": "A"}, {"group": "B", "do": "outage"}, {"group": "A"},
+                                 {"group": "B"}]):
+        pub.publish(oslo_body("test.thing.update.end", payload, f"m-{i}"), f"m-{i}")
+    with running_listener(env_name, sqlite_store, options, sink=sink) as listener:
+        wait_for(lambda: queue_depth(listener.names.main) == 0 and len(handled_ids(db, env_name)) == 5, 20,
+                 "all five to be handled")
+        assert sample("stackmap_event_store_unavailable_total", env_name) == 1
+    # A's pair was handled, then B's pair found the store away: the run is held from m-1 on, m-2
+    # (handled, but after m-1) included, and all of it handled again once the store is back
+    assert sink.groups[:2] == [["m-0", "m-2"], ["m-1", "m-3"]]
+    assert sink.order.count("m-0") == 1 and sink.order.count("m-2") == 2 and sink.order.count("m-1") == 1
+    assert handled_ids(db, env_name) == {"slow", "m-0", "m-1", "m-2", "m-3"}
+    assert sample("stackmap_events_handled_total", env_name, event_type="test.thing.update.end",
+                  result="handled") == 5  # each acknowledged once
     assert drain_queue(QueueNames.for_environment(env_name).dead) == []
 
 

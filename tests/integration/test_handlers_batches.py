@@ -224,3 +224,91 @@ def test_links_read_in_the_middle_of_a_batch_include_its_events(world: World) ->
             for lk in world.store.find_links(ENV, touching=[port["id"]])} == labels
     world.cloud.update("ports", port["id"], name="mid-batch")
     world.assert_like_a_fresh_scan()
+
+
+def spy_refreshes(updater: MapUpdater) -> list[tuple[str, int]]:
+    """(kind, how many items) of every ``MapUpdater.refresh`` call from now on."""
+    calls: list[tuple[str, int]] = []
+    real = updater.refresh
+
+    def spying(kind: str, items: list[dict[str, Any]], *args: Any, **kwargs: Any) -> Any:
+        calls.append((kind, len(items)))
+        return real(kind, items, *args, **kwargs)
+
+    updater.refresh = spying  # type: ignore[method-assign]
+    return calls
+
+
+def test_events_handled_together_are_placed_in_one_pass_and_converge_to_a_fresh_scan(
+        world: World, other: SqliteStore) -> None:
+    cloud, dispatcher = world.cloud, world.dispatcher
+    ports = compute_ports(cloud)[:6]
+    for i, p in enumerate(ports[:5]):
+        cloud.update("ports", p["id"], name=f"together-{i}", status="DOWN" if i % 2 else "ACTIVE")
+    cloud.delete("ports", ports[5]["id"])  # gone from the API: removed, and its instance re-derived
+    events = [notification("port.update.end", {"port": {"id": p["id"]}}) for p in ports]
+    events += [notification("port.update.end", {"port": {"id": ports[0]["id"]}}),  # again: after the others
+               notification("port.update.end", {"port": {"name": "no id"}})]
+    name = other.get_object(ENV, ports[0]["id"])["name"]
+    calls = spy_refreshes(dispatcher.updater)
+    results = dispatcher.handle_many(events)
+    assert [r.result for r in results] == [True] * 7 + [False]
+    assert all("placed (with 4 other(s) in one pass)" in r.message for r in results[:5]), results
+    assert "already gone from the API" in results[5].message
+    assert results[6].ignored and "duplicate ignored" in results[6].message  # the map has its revision already
+    assert "payload has no port object" in results[7].message
+    assert ("port", 5) in calls and not [c for c in calls if c[0] == "port" and c[1] < 5], calls
+    assert other.get_object(ENV, ports[0]["id"])["name"] == name  # one batch: nothing committed yet
+    server = next(s for s in cloud.items("servers") if s["id"] == ports[5]["device_id"])  # nova's event for it
+    assert dispatcher.handle(notification("compute.instance.update", {"instance_id": server["id"]},
+                                          f"compute.{server['OS-EXT-SRV-ATTR:host']}")).result
+    dispatcher.flush()
+    assert [other.get_object(ENV, p["id"])["name"] for p in ports[:5]] == [f"together-{i}" for i in range(5)]
+    assert other.get_object(ENV, ports[5]["id"]) is None
+    recorded = [m["message"] for m in other.find_messages(environment=ENV) if "one pass" in m["message"]]
+    assert len(recorded) == 5  # one messages entry per event handled
+    world.assert_like_a_fresh_scan()
+
+
+def test_instances_handled_together_are_placed_in_one_pass_and_converge_to_a_fresh_scan(world: World) -> None:
+    cloud, dispatcher = world.cloud, world.dispatcher
+    servers = [s for s in cloud.items("servers") if s.get("OS-EXT-SRV-ATTR:host")][:4]
+    cloud.rename("servers", servers[0]["id"], "together-vm")
+    cloud.update("servers", servers[1]["id"], status="SHUTOFF", **{"OS-EXT-STS:vm_state": "stopped"})
+    cloud.update("servers", servers[2]["id"], **{"OS-EXT-STS:task_state": "migrating"})
+    events = [notification(event_type, {"instance_id": s["id"], "state": "active"},
+                           f"compute.{s['OS-EXT-SRV-ATTR:host']}")
+              for event_type, s in zip(["compute.instance.update", "instance.power_off.end",
+                                        "compute.instance.live_migration.post.dest.end",
+                                        "compute.instance.update"], servers, strict=True)]
+    calls = spy_refreshes(dispatcher.updater)
+    results = dispatcher.handle_many(events)
+    assert [r.result for r in results] == [True, True, False, True], results
+    assert results[2].retry and "still migrating; mapped" in results[2].message  # mapped, and read again later
+    assert all("placed with 3 other(s) in one pass" in r.message for r in (results[0], results[1], results[3]))
+    assert next(c for c in calls if c[0] == "instance") == ("instance", 4), calls
+    dispatcher.flush()
+    assert world.store.get_object(ENV, servers[0]["id"])["name"] == "together-vm"
+    world.assert_like_a_fresh_scan()
+
+
+def test_events_whose_parent_is_not_mapped_are_handled_one_at_a_time(world: World) -> None:
+    """A port of a network the map lacks cannot be placed with the others: the pass is undone and
+    each event is handled alone, which maps the network first."""
+    dispatcher = world.dispatcher
+    ports = compute_ports(world.cloud)
+    network = ports[0]["network_id"]
+    on_it = [p for p in ports if p["network_id"] == network][:2]
+    elsewhere = next(p for p in ports if p["network_id"] != network)
+    world.store.delete_subtree(ENV, network)  # as if the network's create event had not come yet
+    for p in [*on_it, elsewhere]:
+        world.cloud.update("ports", p["id"], name=f"alone-{p['id'][:4]}")
+    results = dispatcher.handle_many([notification("port.update.end", {"port": {"id": p["id"]}})
+                                      for p in [elsewhere, *on_it]])
+    assert all(r.result for r in results), results
+    assert not [r for r in results if "one pass" in r.message], results
+    assert "after mapping its network" in results[1].message  # (the next one finds it mapped)
+    dispatcher.flush()
+    for p in [*on_it, elsewhere]:
+        assert world.store.get_object(ENV, p["id"])["name"] == f"alone-{p['id'][:4]}"
+    assert world.store.get_object(ENV, network) is not None
