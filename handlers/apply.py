@@ -396,27 +396,29 @@ class MapUpdater:
             if not owner:
                 raise StackmapError(f"{kind} {item.get('id')} names no {owner_field}; cannot place it")
             by_parent.setdefault(folder_id(str(owner), folder), []).append(str(item["id"]))
+        # one walk under all the parents, one read and one write of the store, however many items
+        parents = {p["id"]: p for p in self.store.find_objects(self.environment, ids=sorted(by_parent))}
         for parent_id, ids in by_parent.items():
-            parent = self.store.get_object(self.environment, parent_id)
-            if parent is None:
+            if parent_id not in parents:
                 raise MissingParent(f"{kind} {', '.join(ids)}: its parent {parent_id} is not in the map yet")
-            result = engine.walk([parent], scanner, only_ids=set(ids))
-            placed_ids = [o["id"] for o in result.objects]
-            before = {o["id"]: o for o in self.store.find_objects(self.environment, ids=placed_ids)}
-            change.previous.update(before)
-            change.written += self.store.upsert_objects(self.environment, result.objects)
-            change.upserted.extend(result.objects)
-            chosen, constraints = self._cliques()
-            for obj in result.objects:
-                old = before.get(obj["id"])
-                if obj["type"] in chosen and (old is None or any(
-                        old.get(f) != obj.get(f) for f in constraints.get(obj["type"], ()))):
-                    change.focal_changed.add(obj["id"])  # a new focal object, or its clique's constraints moved
-                if old is not None and old.get("name_path") != obj["name_path"] and obj["id"] in ids:
-                    change.renamed.append(obj["id"])
-                    change.written += self._rename_descendants(old, obj)
-                if old is not None and link_state(old) != link_state(obj):
-                    change.restated.append(obj["id"])
+        wanted = {oid for ids in by_parent.values() for oid in ids}
+        result = engine.walk([parents[pid] for pid in by_parent], scanner, only_ids=wanted)
+        placed_ids = [o["id"] for o in result.objects]
+        before = {o["id"]: o for o in self.store.find_objects(self.environment, ids=placed_ids)}
+        change.previous.update(before)
+        change.written += self.store.upsert_objects(self.environment, result.objects)
+        change.upserted.extend(result.objects)
+        chosen, constraints = self._cliques()
+        for obj in result.objects:
+            old = before.get(obj["id"])
+            if obj["type"] in chosen and (old is None or any(
+                    old.get(f) != obj.get(f) for f in constraints.get(obj["type"], ()))):
+                change.focal_changed.add(obj["id"])  # a new focal object, or its clique's constraints moved
+            if old is not None and old.get("name_path") != obj["name_path"] and obj["id"] in wanted:
+                change.renamed.append(obj["id"])
+                change.written += self._rename_descendants(old, obj)
+            if old is not None and link_state(old) != link_state(obj):
+                change.restated.append(obj["id"])
         return change
 
     def _rename_descendants(self, old: Doc, new: Doc) -> int:

@@ -146,7 +146,7 @@ class Dispatcher:
                 or any(self.group_key(n) != key for n in notifications[1:]):
             return [self.handle(n) for n in notifications]
         try:
-            self._commit_before_waiting(handler, first)
+            self._commit_before_waiting(notifications)
             self._open_batch()
             if not self._atomic_batch:
                 return [self.handle(n) for n in notifications]
@@ -242,11 +242,12 @@ class Dispatcher:
         except Exception:  # a payload too broken to name its reads: its handler will say why
             return False
 
-    def _commit_before_waiting(self, handler: EventBase, notification: Notification) -> None:
-        """Commit the batch so far when this event is going to wait for the API: a batch holds the
+    def _commit_before_waiting(self, notifications: list[Notification]) -> None:
+        """Commit the batch so far when these events are going to wait for the API: a batch holds the
         store's write lock from its first write, and the scan manager and the monitor handler must
-        not wait on a slow cloud. (The listener settles its batch before such events already.)"""
-        if self._batch is None or not self.will_wait(notification):
+        not wait on a slow cloud. (The listener settles its batch before such events already; events
+        handled together make all their reads before their first write.)"""
+        if self._batch is None or not any(self.will_wait(n) for n in notifications):
             return
         try:
             self.flush()
@@ -274,7 +275,7 @@ class Dispatcher:
         store = self._store()
         try:
             if self.batched:
-                self._commit_before_waiting(handler, notification)
+                self._commit_before_waiting([notification])
                 self._open_batch()
             if store is None:
                 return method(notification)

@@ -100,6 +100,8 @@ class InstanceHandler(EventBase):
         picked = self._read(n)
         if isinstance(picked, EventResult):
             return picked
+        if isinstance(picked, str):
+            return self._gone(n, picked)
         region = self.updater.region()
         ports = self.updater.list_filtered(R.PORTS, region, device_id=picked["id"])
         try:
@@ -116,20 +118,25 @@ class InstanceHandler(EventBase):
         (the dispatcher then handles the events one at a time)."""
         results: list[EventResult | None] = [None] * len(ns)
         picked: dict[str, tuple[int, dict[str, Any]]] = {}
+        gone: dict[str, int] = {}
         rest = len(ns)
-        for i, n in enumerate(ns):
+        for i, n in enumerate(ns):  # every read first: nothing is written while waiting for the API
             oid = instance_id(n)
-            if oid is not None and oid in picked:
+            if oid is not None and (oid in picked or oid in gone):
                 rest = i
                 break
             server = self._read(n)
             if isinstance(server, EventResult):
                 results[i] = server
+            elif isinstance(server, str):
+                gone[server] = i
             else:
                 picked[str(server["id"])] = (i, server)
+        region = self.updater.region()
+        ports = [p for oid in picked for p in self.updater.list_filtered(R.PORTS, region, device_id=oid)]
+        for oid, i in gone.items():
+            results[i] = self._gone(ns[i], oid)
         if picked:
-            region = self.updater.region()
-            ports = [p for oid in picked for p in self.updater.list_filtered(R.PORTS, region, device_id=oid)]
             change = self.updater.refresh("instance", [server for _, server in picked.values()],
                                           seeds={R.PORTS: ports}, region=region)
             self._relink(change, ports)
@@ -140,9 +147,10 @@ class InstanceHandler(EventBase):
             results[rest:] = self.changed_many(ns[rest:])
         return [r if r is not None else EventResult.failed("not handled") for r in results]
 
-    def _read(self, n: Notification) -> dict[str, Any] | EventResult:
-        """The server an event is about, as the API has it now; or the event's result when there is
-        nothing to place (gone, not on a host yet, the API not caught up)."""
+    def _read(self, n: Notification) -> dict[str, Any] | EventResult | str:
+        """The server an event is about, as the API has it now; its id when the API no longer has it
+        (to remove); or the event's result when there is nothing to do (not on a host yet, the API
+        not caught up...). Writes nothing."""
         oid = instance_id(n)
         if oid is None:
             return EventResult.failed(f"{n.event_type}: payload names no instance")
@@ -153,14 +161,17 @@ class InstanceHandler(EventBase):
             return EventResult.skip(f"instance {oid} was deleted; late {n.event_type} ignored", oid)
         server = self.updater.show("instance", oid)
         if server is None or str(server.get("status", "")).upper() == "DELETED":
-            change = self.updater.remove(oid)
-            return EventResult.done(f"{n.event_type}: instance gone from the API; {change.describe()}", oid)
+            return oid
         if not server.get("OS-EXT-SRV-ATTR:host"):
             return EventResult.skip(f"instance {oid} is not on a host yet", oid)
         lagging = self.api_lags(n, server)
         if lagging:
             return EventResult.again(lagging, oid)
         return server
+
+    def _gone(self, n: Notification, oid: str) -> EventResult:
+        change = self.updater.remove(oid)
+        return EventResult.done(f"{n.event_type}: instance gone from the API; {change.describe()}", oid)
 
     def _relink(self, change: Change, ports: list[dict[str, Any]]) -> None:
         port_ids = [str(p["id"]) for p in ports]

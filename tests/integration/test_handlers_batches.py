@@ -112,6 +112,27 @@ def test_an_event_that_will_wait_for_the_api_commits_the_batch_before_it(world: 
     assert other.get_object(ENV, second["id"])["name"] == "read-from-the-api"
 
 
+def test_events_handled_together_that_will_wait_for_the_api_commit_the_batch_before_them(
+        world: World, other: SqliteStore) -> None:
+    updater = trusting(world)
+    port, *later = compute_ports(world.cloud)[:3]
+    assert world.dispatcher.handle(port_event(port, name="batched")).result
+    updater.trust_payloads = False  # the next ports are read from the API, which was not read ahead
+    for p in later:
+        world.cloud.rename("ports", p["id"], f"read-{p['id'][:6]}")
+    events = [notification("port.update.end", {"port": {"id": p["id"]}}) for p in later]
+    updater.read_ahead_threads = 2
+    world.dispatcher.read_ahead(events[0])  # the first one's read is in: only the second one will wait
+    for entry in list(updater._ahead.values()):
+        entry[1].result(timeout=30)
+    assert not world.dispatcher.will_wait(events[0]) and world.dispatcher.will_wait(events[1])
+    results = world.dispatcher.handle_many(events)
+    assert all("one pass" in r.message for r in results), results
+    assert other.get_object(ENV, port["id"])["name"] == "batched"  # committed before the reads
+    world.dispatcher.flush()
+    assert [other.get_object(ENV, p["id"])["name"] for p in later] == [f"read-{p['id'][:6]}" for p in later]
+
+
 def test_an_event_that_fails_half_way_leaves_nothing_and_its_retry_does_everything(world: World) -> None:
     updater = trusting(world)
     port = compute_ports(world.cloud)[0]
