@@ -126,7 +126,7 @@ class PayloadHandler(EventBase):
         ones are placed, as one at a time would."""
         results: list[EventResult | None] = [None] * len(ns)
         picked: dict[str, tuple[int, str, dict[str, Any]]] = {}  # id -> (index, event type, item)
-        gone: list[tuple[int, str, str]] = []
+        gone: dict[str, tuple[int, str]] = {}  # id -> (index, event type): no longer in the API
         rest = len(ns)
         for i, n in enumerate(ns):  # every read first: nothing is written while waiting for the API
             item = n.data.get(self.item_key)
@@ -134,17 +134,17 @@ class PayloadHandler(EventBase):
                 results[i] = EventResult.failed(f"{n.event_type}: payload has no {self.item_key} object")
                 continue
             oid = str(item["id"])
-            if oid in picked or oid in {g[2] for g in gone}:
+            if oid in picked or oid in gone:
                 rest = i
                 break
             if not self.updater.trust_payloads:  # as in upsert: the API's representation, not the payload's
                 current = self.updater.show(self.kind, oid)
                 if current is None:
-                    gone.append((i, n.event_type, oid))
+                    gone[oid] = (i, n.event_type)
                     continue
                 item = current
             picked[oid] = (i, n.event_type, item)
-        for i, event_type, oid in gone:
+        for oid, (i, event_type) in gone.items():
             change = self.remove(oid)
             results[i] = EventResult.done(f"{event_type}: {self.kind} already gone from the API; "
                                           f"{change.describe()}", oid)
