@@ -65,6 +65,13 @@ class ScanManagerSettings(DaemonSettings):
                                      description="how often object counts are re-read for /metrics")
     worker_start_method: Literal["forkserver", "spawn"] = Field(
         default="forkserver", description="how scan processes start: forkserver (preloaded, fast) or spawn")
+    # The messages collection gets an entry for every event handled (and scan, and check result): on a
+    # busy cloud, millions a day. The scan manager, which every installation runs, keeps it bounded.
+    messages_max_age_days: float = Field(default=14.0, ge=0, description="messages older than this are "
+                                         "deleted (0: kept however old)")
+    messages_max_count: int = Field(default=1_000_000, ge=0, description="only the newest this many messages "
+                                    "are kept, of all environments (0: no limit)")
+    messages_prune_interval_s: float = Field(default=300.0, gt=0, description="how often messages are pruned")
 
 
 class MonitorHandlerSettings(DaemonSettings):

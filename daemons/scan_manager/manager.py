@@ -41,6 +41,7 @@ from stackmap.store import Doc, Store, open_store
 log = get_logger("stackmap.scan_manager")
 
 TICK_S = 0.2  # how often a running scan is looked after
+PRUNE_CHUNK = 5_000  # messages deleted per store call: a writer waits for one such call at most
 CHECK_S = 1.0  # how often a running scan's document is re-read (cancel requests)
 PROGRESS_WRITE_S = 1.0  # at most this often, progress goes to the scan document
 STATUS = ScanStatus
@@ -107,6 +108,7 @@ class ScanManager(Daemon):
         self.scheduler: Scheduler | None = None
         self._next_poll = 0.0
         self._next_refresh = 0.0
+        self._next_prune = 0.0
         self._store_failures = 0
         self._known_environments: set[str] = set()
         self._object_labels: set[tuple[str, str]] = set()
@@ -181,6 +183,10 @@ class ScanManager(Daemon):
             if now_m >= self._next_refresh:
                 self._next_refresh = now_m + self.conf.metrics_refresh_s
                 self._refresh_object_metrics(store)
+            if now_m >= self._next_prune:
+                more = self._prune_messages(store)
+                self._next_prune = time.monotonic() + (self.conf.poll_interval_s if more
+                                                       else self.conf.messages_prune_interval_s)
             if self.job is None and not self.stopping and self._claim(store) and self.job is None:
                 return 0.0  # claimed a request that ended at once (bad input): look for the next
             self._store_failures = 0
@@ -545,6 +551,28 @@ class ScanManager(Daemon):
             self._object_labels.discard((env, otype))
         for name in sorted(names):
             self._gauge_objects(store, name)
+
+    def _prune_messages(self, store: Store) -> bool:
+        """Delete the messages past their age or count, for at most about half a second (the loop
+        also looks after a running scan); True when some are left to delete at the next round."""
+        conf = self.conf
+        older_than = utcnow() - timedelta(days=conf.messages_max_age_days) if conf.messages_max_age_days else None
+        keep = conf.messages_max_count or None
+        if older_than is None and keep is None:
+            return False
+        removed, more = 0, False
+        deadline = time.monotonic() + 0.5
+        while time.monotonic() < deadline:
+            gone = store.prune_messages(older_than=older_than, keep=keep, limit=PRUNE_CHUNK)
+            removed += gone
+            more = gone == PRUNE_CHUNK
+            if not more:
+                break
+        if removed:
+            metrics.MESSAGES_PRUNED.inc(removed)
+            log.info("old messages deleted", deleted=removed, more_to_delete=more,
+                     max_age_days=conf.messages_max_age_days, max_count=conf.messages_max_count)
+        return more
 
     def _load_last_success(self, store: Store) -> None:
         """Start the last-success gauge from the store, so a restart does not reset it to nothing."""

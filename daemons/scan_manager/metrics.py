@@ -38,6 +38,9 @@ RECOVERED = Counter(
     "stackmap_scan_manager_lease_recoveries",
     "Running scans whose lease expired (their manager died), by what became of them (pending: re-queued).",
     ["status"])
+MESSAGES_PRUNED = Counter(
+    "stackmap_scan_manager_messages_pruned", "Messages deleted for being older than messages_max_age_days "
+    "or beyond the newest messages_max_count.")
 PROBLEMS = Counter(
     "stackmap_scan_manager_problems",
     "Things that went wrong without stopping the manager, by kind (store_unavailable, invalid_schedule, "

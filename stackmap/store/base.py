@@ -302,6 +302,13 @@ class Store(abc.ABC):
     ) -> list[Doc]:
         """Messages newest first."""
 
+    @abc.abstractmethod
+    def prune_messages(self, *, older_than: datetime | None = None, keep: int | None = None,
+                       limit: int = 10_000) -> int:
+        """Delete messages stamped before ``older_than`` and all but the newest ``keep`` (of every
+        environment), the oldest first and at most ``limit`` of them, so that a big backlog is
+        deleted over several calls and writers wait for one call at most; returns how many went."""
+
 
 INVENTORY_REQUIRED = ("id", "type")
 LINK_REQUIRED = ("link_type", "source_id", "target_id")

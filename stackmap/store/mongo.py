@@ -92,6 +92,7 @@ _INDEXES: dict[str, list[tuple[list[tuple[str, int]], bool]]] = {
     MESSAGES: [
         ([("id", ASCENDING)], True),
         ([("environment", ASCENDING), ("timestamp", ASCENDING)], False),
+        ([("timestamp", ASCENDING)], False),
     ],
     CLIQUE_TYPES: [([("id", ASCENDING)], True)],
     CLIQUE_CONSTRAINTS: [([("id", ASCENDING)], True)],
@@ -813,6 +814,26 @@ class MongoStore(Store):
                     ):
                         raise
         return len(bodies)
+
+    def prune_messages(self, *, older_than: datetime | None = None, keep: int | None = None,
+                       limit: int = 10_000) -> int:
+        removed = 0
+        newest_first = [("timestamp", DESCENDING), ("_id", DESCENDING)]  # find_messages' order
+        with self._op():
+            coll = self._db[MESSAGES]
+            if keep is not None:
+                # the oldest of those beyond the newest `keep`: skip those, take the rest from the far end
+                beyond = coll.count_documents({}) - max(0, int(keep))
+                if beyond > 0:
+                    ids = [d["_id"] for d in coll.find({}, {"_id": 1}).sort(newest_first)
+                           .skip(max(0, int(keep)) + max(0, beyond - limit)).limit(limit)]
+                    removed += coll.delete_many({"_id": {"$in": ids}}).deleted_count
+            if older_than is not None and removed < limit:
+                ids = [d["_id"] for d in coll.find({"timestamp": {"$lt": _utc_ms(older_than)}}, {"_id": 1})
+                       .sort([("timestamp", ASCENDING), ("_id", ASCENDING)]).limit(limit - removed)]
+                if ids:
+                    removed += coll.delete_many({"_id": {"$in": ids}}).deleted_count
+        return removed
 
     def find_messages(
         self,

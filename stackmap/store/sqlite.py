@@ -70,6 +70,7 @@ CREATE TABLE IF NOT EXISTS messages (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, environment TEXT, level TEXT,
     source_system TEXT, related_object TEXT, timestamp TEXT NOT NULL, doc TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS messages_env ON messages (environment, timestamp);
+CREATE INDEX IF NOT EXISTS messages_time ON messages (timestamp);
 CREATE TABLE IF NOT EXISTS host_keys (
     environment TEXT NOT NULL, host TEXT NOT NULL, doc TEXT NOT NULL, PRIMARY KEY (environment, host));
 """
@@ -898,6 +899,27 @@ class SqliteStore(Store):
                 rows,
             )
         return len(rows)
+
+    def prune_messages(self, *, older_than: datetime | None = None, keep: int | None = None,
+                       limit: int = 10_000) -> int:
+        removed = 0
+        with self._write() as cur:
+            if keep is not None:
+                # newest as find_messages orders them (timestamp, then insertion): the first one
+                # beyond the newest `keep`, and every older one, go (the oldest first)
+                row = cur.execute("SELECT timestamp, seq FROM messages ORDER BY timestamp DESC, seq DESC "
+                                  "LIMIT 1 OFFSET ?", (max(0, int(keep)),)).fetchone()
+                if row is not None:
+                    cur.execute("DELETE FROM messages WHERE seq IN (SELECT seq FROM messages WHERE timestamp < ? "
+                                "OR (timestamp = ? AND seq <= ?) ORDER BY timestamp, seq LIMIT ?)",
+                                (row[0], row[0], row[1], limit))
+                    removed += cur.rowcount
+            if older_than is not None and removed < limit:
+                cur.execute("DELETE FROM messages WHERE seq IN "
+                            "(SELECT seq FROM messages WHERE timestamp < ? ORDER BY timestamp LIMIT ?)",
+                            (iso(older_than), limit - removed))
+                removed += cur.rowcount
+        return removed
 
     def find_messages(
         self,

@@ -417,6 +417,27 @@ def test_messages_append_and_query(store: Store) -> None:
     assert store.find_messages(ENV, limit=1)[0]["timestamp"] == T0 + timedelta(seconds=4)
 
 
+def test_messages_are_pruned_by_age_and_by_count_oldest_first_within_a_limit(store: Store) -> None:
+    # stored newest first: their order by timestamp, which find_messages shows, is not their order of arrival
+    store.append_messages([Message(id=f"m{n:02d}", environment=ENV if n % 2 else "other", message="m",
+                                   timestamp=T0 + timedelta(seconds=n)).to_doc() for n in reversed(range(20))])
+    assert store.prune_messages() == 0
+    # everything stamped before T0+5s goes, in calls of at most 3
+    cutoff = T0 + timedelta(seconds=5)
+    assert store.prune_messages(older_than=cutoff, limit=3) == 3
+    assert [m["id"] for m in store.find_messages(limit=100)][-1] == "m03"  # the oldest went first
+    assert store.prune_messages(older_than=cutoff, limit=3) == 2
+    assert store.prune_messages(older_than=cutoff, limit=3) == 0
+    assert len(store.find_messages(limit=100)) == 15
+    # of every environment, only the newest 10 stay; again the oldest go first
+    assert store.prune_messages(keep=10, limit=4) == 4
+    assert [m["id"] for m in store.find_messages(limit=100)][-1] == "m09"
+    assert store.prune_messages(keep=10, limit=4) == 1
+    assert [m["id"] for m in store.find_messages(limit=100)] == [f"m{n:02d}" for n in range(19, 9, -1)]
+    assert store.prune_messages(keep=10, older_than=cutoff) == 0
+    assert store.prune_messages(keep=0) == 10 and store.find_messages(limit=100) == []
+
+
 def test_replace_cliques_refuses_two_cliques_for_one_focal_point(store: Store) -> None:
     store.replace_cliques(ENV, [clique("i1", ["i1"])])
     with pytest.raises(DuplicateError):

@@ -23,7 +23,7 @@ from daemons.scan_manager import jobs
 from daemons.scan_manager.manager import ScanManager
 from stackmap.discovery.scan import ScanOptions
 from stackmap.errors import StoreUnavailable
-from stackmap.model import Scan, utcnow
+from stackmap.model import Message, Scan, utcnow
 from stackmap.settings import load_settings
 from stackmap.store import Doc, Store
 from tests.fakecloud import FakeCloud, FakeCloudServer
@@ -318,3 +318,25 @@ def _alive(pid: int) -> bool:
             return False
         time.sleep(0.05)
     return True
+
+
+def test_messages_past_their_age_or_beyond_the_newest_count_are_pruned(rig: Rig) -> None:
+    now = utcnow()
+    rig.store.append_messages(
+        [Message(id=f"old{n:03d}", environment=ENV, message="old", timestamp=now - timedelta(days=20, seconds=n)
+                 ).to_doc() for n in range(100)]
+        + [Message(id=f"new{n:03d}", environment=ENV, message="new", timestamp=now - timedelta(seconds=n)
+                   ).to_doc() for n in range(150)])
+    everything = rig.store.find_messages(limit=10_000)
+    expected = [m["id"] for m in everything[:120] if m["timestamp"] >= now - timedelta(days=14)]
+    before = metric("stackmap_scan_manager_messages_pruned_total")
+    kept_all = rig.manager(messages_max_age_days=0, messages_max_count=0)  # both off: nothing goes
+    kept_all.run_once()
+    kept_all.close()
+    assert len(rig.store.find_messages(limit=10_000)) == len(everything)
+    manager = rig.manager(messages_max_age_days=14, messages_max_count=120)
+    drive(manager, lambda: len(rig.store.find_messages(limit=10_000)) <= len(expected))
+    manager.close()
+    assert [m["id"] for m in rig.store.find_messages(limit=10_000)] == expected
+    assert not [i for i in expected if i.startswith("old")] and len(expected) == 120
+    assert metric("stackmap_scan_manager_messages_pruned_total") - before == len(everything) - len(expected)
