@@ -311,6 +311,50 @@ FAILED = "error"
 # the listener
 
 
+class _DepthPoller:
+    """Reads the depth of the listener's three queues every ``interval_s``, in a thread, on a
+    connection of its own. On the consuming connection a passive declare waits for the broker's
+    answer while the loop handles nothing (50-200 ms each time during a burst). A queue found
+    missing (deleted behind the listener's back) is reported in ``missing``: the loop reconnects
+    and declares it again."""
+
+    def __init__(self, conn: kombu.Connection, names: QueueNames, environment: str, interval_s: float) -> None:
+        self.conn = conn
+        self.queues = (("main", names.main), ("retry", names.retry), ("dead", names.dead))
+        self.environment = environment
+        self.interval_s = interval_s
+        self.missing: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"queue-depth-{environment}", daemon=True)
+
+    def __enter__(self) -> _DepthPoller:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        channel: Any = None
+        while not self._stop.is_set():
+            name = ""
+            try:
+                if channel is None:
+                    self.conn.ensure_connection(max_retries=1)
+                    channel = self.conn.channel()
+                for label, name in self.queues:
+                    ok = channel.queue_declare(name, passive=True)
+                    M.QUEUE_DEPTH.labels(self.environment, label).set(ok.message_count)
+            except amqp.exceptions.NotFound as exc:  # the broker closed the channel with it
+                self.missing = f"queue {name} is gone ({exc})"
+                channel = None
+            except Exception as exc:  # the broker is away: the loop reconnects; this tries again later
+                log.debug("queue depths not read", environment=self.environment, error=f"{type(exc).__name__}: {exc}")
+                channel = None
+            self._stop.wait(self.interval_s)
+
+
 class _Copier:
     """Publishes the retry and dead-letter copies of a batch with publisher confirms, pipelined: all
     copies go out, then the listener waits once for the broker to confirm every one of them (a copy
@@ -423,11 +467,11 @@ class Listener:
         self._outage_delay = 0.0
         self._outage_reason = STORE_OUTAGE_PREFIX
         self._depth_poll_s = depth_poll_s
-        self._next_depth_poll = 0.0
         self._last_heartbeat_check = 0.0
         self._channel: Any = None
         self._reader: BufferedReads | None = None
         self._copier: _Copier | None = None
+        self._poller: _DepthPoller | None = None
         self.consuming = threading.Event()  # set while connected and consuming (tests, metrics)
         self._labels: dict[str, str] = {}
         env = environment
@@ -510,9 +554,13 @@ class Listener:
                                                 self.options.reconnect_delay_max_s, callback=self._while_connecting)
                 self._copier = _Copier(producer_conn, self.options.connect_timeout_s)
                 try:
-                    self._consume(conn)
+                    with conn.clone(transport_options={}, heartbeat=0) as depth_conn, \
+                            _DepthPoller(depth_conn, self.names, self.environment, self._depth_poll_s) as poller:
+                        self._poller = poller
+                        self._consume(conn)
                 finally:
                     self._copier = None
+                    self._poller = None
 
     def _while_connecting(self) -> None:
         self.reporter.beat()
@@ -535,8 +583,6 @@ class Listener:
         # py-amqp's own consumer: the listener decodes bodies itself, so kombu's Message/Consumer layer
         # (serializers, accept lists) would only add work per message
         consumer_tag = channel.basic_consume(self.names.main, callback=self._on_message, no_ack=False)
-        admin = conn.channel()
-        self._next_depth_poll = 0.0
         self.consuming.set()
         self._m_up.set(1)
         self.reporter.state(CONSUMING)
@@ -544,7 +590,7 @@ class Listener:
                  broker=describe_broker(conn), bindings=len(self.bindings))
         try:
             while not self.stopping:
-                self._pump(conn, admin)
+                self._pump(conn)
             # stopping: settle what is handled; leave the rest unacked for the broker to redeliver
             if self._done:
                 self._complete()
@@ -554,7 +600,7 @@ class Listener:
             self.consuming.clear()
             self._channel = None
 
-    def _pump(self, conn: kombu.Connection, admin: Any) -> None:
+    def _pump(self, conn: kombu.Connection) -> None:
         """One turn: wait for the broker (at most until something is due), then do what is due."""
         now = time.monotonic()
         if self._inbox and self._outage_until <= now:
@@ -585,9 +631,9 @@ class Listener:
             conn.heartbeat_check()
             self.reporter.beat()
         self._work(now, idle)
-        if now >= self._next_depth_poll:
-            self._next_depth_poll = now + self._depth_poll_s
-            self._poll_depth(admin)
+        poller = self._poller
+        if poller is not None and poller.missing:  # reconnect: the queues are declared again
+            raise amqp.exceptions.RecoverableConnectionError(poller.missing)
 
     # -- declarations ------------------------------------------------------------------------------
     def _declare(self, conn: kombu.Connection) -> None:
@@ -644,12 +690,6 @@ class Listener:
                       queue=name, error=str(exc))
             with self._fresh_channel(conn) as ch:
                 ch.queue_declare(name, passive=True)
-
-    def _poll_depth(self, admin: Any) -> None:
-        env = self.environment
-        for label, name in (("main", self.names.main), ("retry", self.names.retry), ("dead", self.names.dead)):
-            ok = admin.queue_declare(name, passive=True)  # a deleted queue raises: reconnect and redeclare
-            M.QUEUE_DEPTH.labels(env, label).set(ok.message_count)
 
     # -- messages ------------------------------------------------------------------------------------
     def _label(self, event_type: str) -> str:

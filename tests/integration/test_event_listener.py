@@ -312,6 +312,33 @@ def test_a_store_outage_in_a_run_holds_the_rest_of_it_and_loses_nothing(
     assert drain_queue(QueueNames.for_environment(env_name).dead) == []
 
 
+def test_queue_depths_are_reported_and_a_deleted_queue_is_declared_again(
+        env_name: str, sqlite_store: Store, db: Path, options: EventManagerSettings) -> None:
+    names = QueueNames.for_environment(env_name)
+    with running_listener(env_name, sqlite_store, options, depth_poll_s=0.2) as listener:
+        pub = publisher(env_name)
+        for i in range(3):
+            pub.publish(oslo_body("test.thing.update.end", {"do": "fail"}, f"m-{i}"), f"m-{i}")
+        wait_for(lambda: sample("stackmap_event_queue_depth", env_name, queue="dead") == 3, 15,
+                 "the dead-letter queue's depth")
+        assert sample("stackmap_event_queue_depth", env_name, queue="main") == 0
+        with kombu.Connection(BROKER) as conn:  # an operator deletes it (dead letters would be dropped)
+            conn.channel().queue_delete(names.dead)
+        wait_for(lambda: sample("stackmap_event_broker_reconnects_total", env_name) >= 1
+                 and listener.consuming.is_set(), 15, "the listener to reconnect")
+        wait_for(lambda: _exists(names.dead), 10, "the dead-letter queue to be declared again")
+        pub.publish(oslo_body("test.thing.update.end", {"do": "fail"}, "m-after"), "m-after")
+        wait_for(lambda: queue_depth(names.dead) == 1, 15, "the next dead letter in it")
+
+
+def _exists(queue: str) -> bool:
+    try:
+        queue_depth(queue)
+    except Exception:
+        return False
+    return True
+
+
 def test_a_backlog_with_slow_handlers_is_worked_through_without_idling(
         env_name: str, sqlite_store: Store, db: Path, options: EventManagerSettings) -> None:
     # 80 x 25 ms = 2 s of handling, acknowledged 5 at a time: the listener must go straight on to
