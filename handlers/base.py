@@ -120,8 +120,8 @@ class PayloadHandler(EventBase):
         return self.apply_item(item, n.event_type)
 
     def upsert_many(self, ns: list[Notification]) -> list[EventResult]:
-        """``upsert`` for consecutive events: their objects are placed together (one walk per parent,
-        one read and one write of the store), then relinked and their cliques noted together. An
+        """``upsert`` for several events: their objects are placed together (one walk under all their
+        parents, one read and one write of the store), then relinked and their cliques noted together. An
         object named twice splits the events there: the later ones are handled after the earlier
         ones are placed, as one at a time would."""
         results: list[EventResult | None] = [None] * len(ns)

@@ -112,8 +112,8 @@ class InstanceHandler(EventBase):
         return self._result(n, picked, change.describe())
 
     def changed_many(self, ns: list[Notification]) -> list[EventResult]:
-        """``changed`` for several events: their servers are placed together (one walk per host, one
-        read and one write of the store) and relinked together. An instance named twice splits the
+        """``changed`` for several events: their servers are placed together (one walk under all their
+        hosts, one read and one write of the store) and relinked together. An instance named twice splits the
         events there, as in ``PayloadHandler.upsert_many``; a missing host raises ``MissingParent``
         (the dispatcher then handles the events one at a time)."""
         results: list[EventResult | None] = [None] * len(ns)
@@ -140,9 +140,10 @@ class InstanceHandler(EventBase):
             change = self.updater.refresh("instance", [server for _, server in picked.values()],
                                           seeds={R.PORTS: ports}, region=region)
             self._relink(change, ports)
-            together = f"instance placed with {len(picked) - 1} other(s) in one pass; " if len(picked) > 1 else ""
+            together = f" (with {len(picked) - 1} other(s) in one pass)" if len(picked) > 1 else ""
             for i, server in picked.values():
-                results[i] = self._result(ns[i], server, together + change.describe())
+                results[i] = self._result(ns[i], server, f"instance {server['id']} placed{together}; "
+                                                         f"{change.describe()}")
         if rest < len(ns):
             results[rest:] = self.changed_many(ns[rest:])
         return [r if r is not None else EventResult.failed("not handled") for r in results]

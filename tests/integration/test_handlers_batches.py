@@ -306,7 +306,7 @@ def test_instances_handled_together_are_placed_in_one_pass_and_converge_to_a_fre
     results = dispatcher.handle_many(events)
     assert [r.result for r in results] == [True, True, False, True], results
     assert results[2].retry and "still migrating; mapped" in results[2].message  # mapped, and read again later
-    assert all("placed with 3 other(s) in one pass" in r.message for r in (results[0], results[1], results[3]))
+    assert all("placed (with 3 other(s) in one pass)" in r.message for r in (results[0], results[1], results[3]))
     assert next(c for c in calls if c[0] == "instance") == ("instance", 4), calls
     dispatcher.flush()
     assert world.store.get_object(ENV, servers[0]["id"])["name"] == "together-vm"
