@@ -462,7 +462,7 @@ def bench_size(objects: int, args: argparse.Namespace, options: EventManagerSett
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 100_000], help="map sizes (objects)")
-    parser.add_argument("--burst", type=int, default=1000, help="events queued, then drained")
+    parser.add_argument("--burst", type=int, default=3000, help="events queued, then drained (fewer: noisier figures)")
     parser.add_argument("--warmup", type=int, default=100)
     parser.add_argument("--rate", type=float, default=1000.0, help="events/s for the latency phase")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of the latency phase")
