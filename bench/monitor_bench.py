@@ -32,10 +32,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from daemons.monitor_handler.applier import StatusApplier
 from daemons.monitor_handler.consumer import ResultConsumer
+from daemons.monitor_handler.main import open_monitor_store
 from daemons.monitor_handler.mapping import CheckMapper
 from daemons.monitor_handler.pipeline import ResultPipeline
 from stackmap.model import EnvironmentConfig
-from stackmap.store import Store, open_store
+from stackmap.store import Store
 
 ENV = "bench"
 
@@ -90,7 +91,7 @@ def percentile(values: list[float], q: float) -> float:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     tmp = tempfile.TemporaryDirectory(prefix="monitor-bench-")
-    store = open_store(args.store or f"sqlite:///{Path(tmp.name) / 'bench.db'}")
+    store = open_monitor_store(args.store or f"sqlite:///{Path(tmp.name) / 'bench.db'}")  # as the daemon opens it
     tag = uuid.uuid4().hex[:8]
     names = {"exchange": f"bench.results.{tag}", "queue": f"bench.stackmap.monitor.{tag}",
              "dead_letter_exchange": f"bench.stackmap.dead.{tag}"}

@@ -224,13 +224,8 @@ def open_listener_store(url: str, busy_timeout_s: float) -> Store:
     """The listener's store. SQLite waits for its write lock only briefly here, so that a store held
     by someone else is noticed quickly and handled as an outage (with backoff) instead of blocking
     the consumer, and its broker heartbeats, for the default 30 s per write."""
-    if url.startswith("sqlite:///"):
-        from stackmap.store.sqlite import SqliteStore
-
-        store = SqliteStore(url, busy_timeout_s=busy_timeout_s)
-        store.checkpoint_in_background(0.5)  # a commit that checkpoints would hold every event behind it
-        return store
-    return open_store(url)
+    # a commit that checkpoints would hold every event behind it
+    return open_store(url, busy_timeout_s=busy_timeout_s, background_checkpoints=True)
 
 
 # --------------------------------------------------------------------------------------------------

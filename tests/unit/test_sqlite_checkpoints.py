@@ -1,6 +1,6 @@
-"""An event listener's SQLite store leaves WAL checkpoints to a thread of its own: the writer's
-commits never copy the WAL into the database themselves, yet the database file catches up, while
-the writer goes on committing; closing the store stops that thread."""
+"""A daemon's SQLite store (event listener, monitor handler) leaves WAL checkpoints to a thread of
+its own: the writer's commits never copy the WAL into the database themselves, yet the database file
+catches up, while the writer goes on committing; closing the store stops that thread."""
 
 from __future__ import annotations
 
@@ -57,3 +57,24 @@ def test_the_writer_commits_while_the_checkpointer_works_and_close_stops_it(tmp_
     reopened = SqliteStore(f"sqlite:///{tmp_path}/map.db")
     assert len(reopened.find_objects(ENV, type="host")) == 500
     reopened.close()
+
+
+@pytest.mark.parametrize("opener", ["listener", "monitor handler"])
+def test_the_daemons_that_commit_small_batches_open_their_store_with_background_checkpoints(
+        tmp_path: Path, opener: str) -> None:
+    from daemons.event_manager.listener import open_listener_store
+    from daemons.monitor_handler.main import open_monitor_store
+
+    url = f"sqlite:///{tmp_path}/map.db"
+    store = open_listener_store(url, 0.2) if opener == "listener" else open_monitor_store(url)
+    assert isinstance(store, SqliteStore)
+    try:
+        before = database_bytes(store.path)
+        write(store, 0, 300)
+        assert [t for t in threading.enumerate() if t.name == "sqlite-checkpoint"]
+        deadline = time.monotonic() + 5  # the file catches up without any commit checkpointing
+        while database_bytes(store.path) < before + 1_000_000 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert database_bytes(store.path) - before > 1_000_000
+    finally:
+        store.close()
