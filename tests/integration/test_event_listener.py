@@ -263,16 +263,25 @@ def test_waiting_events_for_one_object_are_coalesced_to_the_last(
     assert drain_queue(QueueNames.for_environment(env_name).dead) == []
 
 
+def waiting_behind_a_slow_event(env_name: str, store: Store, options: EventManagerSettings,
+                                payloads: list[dict[str, Any]]) -> GroupingSink:
+    """The grouping double, with events ``m-0``, ``m-1``... queued behind one that takes longer than
+    a handling turn, so that they all wait together, whatever the broker's framing."""
+    sink = GroupingSink(env_name, store)
+    with running_listener(env_name, store, options, sink=sink):
+        pass  # declares the queue
+    pub = publisher(env_name)
+    pub.publish(oslo_body("test.thing.update.end", {"sleep_ms": 700}, "slow"), "slow")
+    for i, payload in enumerate(payloads):
+        pub.publish(oslo_body("test.thing.update.end", payload, f"m-{i}"), f"m-{i}")
+    return sink
+
+
 def test_a_run_of_waiting_events_is_handled_together_key_by_key_up_to_a_barrier(
         env_name: str, sqlite_store: Store, db: Path, options: EventManagerSettings) -> None:
-    sink = GroupingSink(env_name, sqlite_store)
-    with running_listener(env_name, sqlite_store, options, sink=sink):
-        pass
-    pub = publisher(env_name)
-    pub.publish(oslo_body("test.thing.update.end", {"sleep_ms": 700}, "slow"), "slow")  # the others wait
-    for i, payload in enumerate([{"group": "A"}, {"group": "B"}, {"group": "A"}, {},  # {}: no key, a barrier
-                                 {"group": "A"}, {"group": "A", "do": "fail"}, {"group": "B"}]):
-        pub.publish(oslo_body("test.thing.update.end", payload, f"m-{i}"), f"m-{i}")
+    sink = waiting_behind_a_slow_event(env_name, sqlite_store, options, [
+        {"group": "A"}, {"group": "B"}, {"group": "A"}, {},  # {}: no key, a barrier
+        {"group": "A"}, {"group": "A", "do": "fail"}, {"group": "B"}])
     with running_listener(env_name, sqlite_store, options, sink=sink) as listener:
         wait_for(lambda: queue_depth(listener.names.main) == 0 and queue_depth(listener.names.dead) == 1, 15,
                  "all eight to be settled")
@@ -290,14 +299,8 @@ def test_a_run_of_waiting_events_is_handled_together_key_by_key_up_to_a_barrier(
 
 def test_a_store_outage_in_a_run_holds_the_rest_of_it_and_loses_nothing(
         env_name: str, sqlite_store: Store, db: Path, options: EventManagerSettings) -> None:
-    sink = GroupingSink(env_name, sqlite_store)
-    with running_listener(env_name, sqlite_store, options, sink=sink):
-        pass
-    pub = publisher(env_name)
-    pub.publish(oslo_body("test.thing.update.end", {"sleep_ms": 700}, "slow"), "slow")
-    for i, payload in enumerate([{"group": "A"}, {"group": "B", "do": "outage"}, {"group": "A"},
-                                 {"group": "B"}]):
-        pub.publish(oslo_body("test.thing.update.end", payload, f"m-{i}"), f"m-{i}")
+    sink = waiting_behind_a_slow_event(env_name, sqlite_store, options, [
+        {"group": "A"}, {"group": "B", "do": "outage"}, {"group": "A"}, {"group": "B"}])
     with running_listener(env_name, sqlite_store, options, sink=sink) as listener:
         wait_for(lambda: queue_depth(listener.names.main) == 0 and len(handled_ids(db, env_name)) == 5, 20,
                  "all five to be handled")
