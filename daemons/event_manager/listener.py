@@ -26,6 +26,9 @@ Why it looks the way it does (Calipso's listener is the counter-example, see cal
   retry whose message starts with ``store unavailable``), the listener does not burn the message's
   attempts: it keeps the message and everything after it unacked, waits with backoff while keeping
   the broker connection alive, and tries the same message again. Nothing is lost and order is kept.
+- **Waiting events are handled together** where the sink can do that in one pass (``group_key`` and
+  ``handle_many``): a run of keyed deliveries goes key by key, each delivery still with its own fate.
+  Anything without a key is a barrier, so only events the sink declares independent are reordered.
 - **Reconnects are kombu's job** (``ensure_connection`` with a bounded backoff): after a broker
   restart the listener redeclares its queues and resumes from the durable queue.
 """
