@@ -33,7 +33,14 @@ from stackmap.discovery.cliques import (
     select_clique_types,
 )
 from stackmap.discovery.engine import Engine, ScanPlan, environment_root
-from stackmap.discovery.links import LinkFinder, StoreLookup, find_links, link_state, load_link_finders
+from stackmap.discovery.links import (
+    LinkFinder,
+    OnlyLookup,
+    StoreLookup,
+    find_links,
+    link_state,
+    load_link_finders,
+)
 from stackmap.discovery.scanners import ScannersConfig, load_scanners
 from stackmap.environments import load_environment
 from stackmap.errors import StackmapError
@@ -480,8 +487,13 @@ class MapUpdater:
                 others = self.store.find_objects(self.environment, ids=sorted(held))
                 link_types = set().union(*held.values())
                 finders = [f for f in self.finders if f.link_type in link_types]
+                # a finder whose finds are link ends needs to find only the moved objects (a load
+                # balancer's member ports, instead of every port of its member networks)
+                only = OnlyLookup(lookup, [holders[m] for m in moved if m in holders])
+                found = [*find_links(self.environment, others, lookup, [f for f in finders if not f.finds_ends]),
+                         *find_links(self.environment, others, only, [f for f in finders if f.finds_ends])]
                 fresh_keys_so_far = {link_key(lk) for lk in fresh}
-                fresh += [lk for lk in find_links(self.environment, others, lookup, finders)
+                fresh += [lk for lk in found
                           if (lk["source_id"] in moved or lk["target_id"] in moved)
                           and link_key(lk) not in fresh_keys_so_far]
         held_types = {t for h in holders.values() for t in self._held.get(h["type"], ())}

@@ -137,6 +137,22 @@ class StoreLookup:
         return [doc for doc in docs if all(doc.get(f) == v for f, v in equals.items())]
 
 
+class OnlyLookup:
+    """A lookup whose ``find`` answers from given objects only (``get`` asks the real lookup): for
+    refreshing just the links to those objects, with finders that declare ``finds_ends``."""
+
+    def __init__(self, lookup: Lookup, only: Iterable[Doc]) -> None:
+        self.lookup = lookup
+        self.only = list(only)
+
+    def get(self, ids: Iterable[str]) -> dict[str, Doc]:
+        return self.lookup.get(ids)
+
+    def find(self, type: str, **equals: Any) -> list[Doc]:
+        return [doc for doc in self.only if doc.get("type") == type
+                and all(doc.get(f) == v for f, v in equals.items())]
+
+
 # --------------------------------------------------------------------------------------------------
 # link state from the data
 
@@ -182,6 +198,10 @@ class LinkFinder:
     source_type: ClassVar[str]
     target_type: ClassVar[str]
     supported_holder_types: ClassVar[tuple[str, ...]]
+    # Whatever this finder gets from ``lookup.find`` is a candidate other end of its links, never a
+    # step towards one: so a relink that refreshes only the links to some objects may let its
+    # ``find`` see just those (``OnlyLookup``).
+    finds_ends: ClassVar[bool] = False
 
     def __init__(self, holder_types: Sequence[str] | None = None) -> None:
         chosen = tuple(holder_types) if holder_types else self.supported_holder_types
@@ -508,6 +528,7 @@ class LoadBalancerPortFinder(LinkFinder):
     source_type = "load_balancer"
     target_type = "port"
     supported_holder_types = ("load_balancer",)
+    finds_ends = True  # the ports of the member networks, to match members by address
 
     def find(self, holders: Sequence[Doc], lookup: Lookup, environment: str) -> list[Doc]:
         members = [

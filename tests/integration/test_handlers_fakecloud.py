@@ -187,6 +187,19 @@ def test_an_instance_that_stops_takes_down_the_links_others_hold_to_it(world: Wo
     world.assert_like_a_fresh_scan()
 
 
+def test_a_load_balancer_member_port_that_goes_down_takes_its_member_link_down(world: World) -> None:
+    lb_ports = {lk["target_id"] for lk in world.store.find_links(ENV, link_type="loadbalancer-port")
+                if (lk.get("attributes") or {}).get("role") != "vip"}
+    port = next(p for p in compute_ports(world.cloud) if p["id"] in lb_ports)
+    assert {lk["state"] for lk in world.store.find_links(ENV, link_type="loadbalancer-port",
+                                                          target_id=port["id"])} == {"up"}
+    world.cloud.update("ports", port["id"], status="DOWN", revision_number=port["revision_number"] + 1)
+    world.handle("port.update.end", {"port": {"id": port["id"]}})
+    assert {lk["state"] for lk in world.store.find_links(ENV, link_type="loadbalancer-port",
+                                                          target_id=port["id"])} == {"down"}
+    world.assert_like_a_fresh_scan()
+
+
 def test_volume_server_group_and_load_balancer_events_converge_to_a_fresh_scan(world: World) -> None:
     cloud = world.cloud
     volume = cloud.items("volumes")[0]
