@@ -594,8 +594,8 @@ class MapUpdater:
         return self._flush_cliques()
 
     def _rederive_instances(self, instance_ids: list[str]) -> None:
-        """``_rederive_instance`` for many instances at once: one read of their ports, and one walk
-        per host."""
+        """``_rederive_instance`` for many instances at once: one read of their ports, and one
+        refresh per host (so that a host gone in this batch leaves the others' instances alone)."""
         for region, raws, ports in self._instances_by_host(instance_ids):
             try:
                 again = self.refresh("instance", raws, seeds={R.PORTS: ports}, region=region)

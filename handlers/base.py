@@ -161,17 +161,9 @@ class PayloadHandler(EventBase):
             self.updater.environment, ids=[str(item["id"]) for _, _, item in picked])} if picked else {}
         placing: list[tuple[int, str, dict[str, Any]]] = []
         for i, event_type, item in picked:
-            oid = str(item["id"])
-            if self.updater.tombstoned(oid):
-                results[i] = EventResult.skip(f"{self.kind} {oid} was deleted; late {event_type} ignored", oid)
-                continue
-            seen = self.updater.revision_seen(item, stored.get(oid))
-            if seen == "older":
-                results[i] = EventResult.skip(f"{self.kind} {oid}: revision {item.get('revision_number')} is older "
-                                              "than the map's; ignored", oid)
-            elif seen == "same" and self.updater.atomic:
-                results[i] = EventResult.skip(f"{self.kind} {oid}: the map is at revision "
-                                              f"{item.get('revision_number')} already; duplicate ignored", oid)
+            stale = self._stale(item, event_type, stored.get(str(item["id"])))
+            if stale is not None:
+                results[i] = stale
             else:
                 placing.append((i, event_type, item))
         if not placing:
@@ -194,19 +186,29 @@ class PayloadHandler(EventBase):
             results[i] = EventResult.done(f"{event_type}: {self.kind} {item['id']} placed{together}; "
                                           f"{change.describe()}", str(item["id"]), self.kind)
 
-    def apply_item(self, item: dict[str, Any], event_type: str) -> EventResult:
-        from handlers.apply import Change, MissingParent
-
+    def _stale(self, item: dict[str, Any], event_type: str, *stored: dict[str, Any] | None) -> EventResult | None:
+        """Why this item need not be placed (its object was deleted, or the map holds its revision or
+        a newer one), as the event's result; None when it must be. ``stored``: the map's copy, if
+        already read."""
         oid = str(item["id"])
         if self.updater.tombstoned(oid):
             return EventResult.skip(f"{self.kind} {oid} was deleted; late {event_type} ignored", oid)
-        seen = self.updater.revision_seen(item)
+        seen = self.updater.revision_seen(item, *stored)
         if seen == "older":
             return EventResult.skip(f"{self.kind} {oid}: revision {item.get('revision_number')} is older than "
                                     "the map's; ignored", oid)
         if seen == "same" and self.updater.atomic:  # else the first try may have died half-way: redo it
             return EventResult.skip(f"{self.kind} {oid}: the map is at revision {item.get('revision_number')} "
                                     "already; duplicate ignored", oid)
+        return None
+
+    def apply_item(self, item: dict[str, Any], event_type: str) -> EventResult:
+        from handlers.apply import Change, MissingParent
+
+        oid = str(item["id"])
+        stale = self._stale(item, event_type)
+        if stale is not None:
+            return stale
         try:
             change: Change = self.refresh(item)
         except MissingParent as exc:

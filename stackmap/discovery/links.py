@@ -143,14 +143,13 @@ class OnlyLookup:
 
     def __init__(self, lookup: Lookup, only: Iterable[Doc]) -> None:
         self.lookup = lookup
-        self.only = list(only)
+        self.only = MemoryLookup(only)
 
     def get(self, ids: Iterable[str]) -> dict[str, Doc]:
         return self.lookup.get(ids)
 
     def find(self, type: str, **equals: Any) -> list[Doc]:
-        return [doc for doc in self.only if doc.get("type") == type
-                and all(doc.get(f) == v for f, v in equals.items())]
+        return self.only.find(type, **equals)
 
 
 # --------------------------------------------------------------------------------------------------
