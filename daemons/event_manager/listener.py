@@ -411,7 +411,7 @@ class _Delivery:
     committed_at: float = 0.0
     key: Hashable | None = None  # same key, later delivery: this one need not be handled (coalesce_key)
     read_ahead: bool = False  # its reads were started when it arrived (read_ahead)
-    group: Hashable | None = None  # handled together with the deliveries next to it that share it (group_key)
+    group: Hashable | None = None  # handled together with those of its run that share it (group_key)
 
 
 class _Stopped(Exception):
