@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,7 +16,7 @@ from stackmap.model import EnvironmentConfig
 from stackmap.secrets import SecretBox
 from stackmap.store import Store, open_store
 from tests.store_calls import record_calls
-from tests.unit.host_layer import ENV, Doc, cloud, hobj, port, sid
+from tests.unit.host_layer import ENV, Doc, cloud, hobj, obj, port, sid
 
 OH, LH = "ovs-1", "lxb-1"
 TAP, QBR, OVS = sid(OH, "tapp1-aa"), sid(OH, "qbrp1-aa"), sid(OH, "OVS")
@@ -105,6 +106,35 @@ def test_a_port_bound_to_a_host_links_its_tunnel_pnic_to_the_network(updater: Ma
     assert ("port-network", "pb", "net-b") in states
     assert ("host_pnic-network", sid(OH, "eth0"), "net-b") not in states
     assert len(calls) <= 12  # the port's finders, each batched: not one query per object of the host
+
+
+def test_a_port_update_reads_its_host_not_the_whole_map(updater: MapUpdater, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Relinking a port reads what its links need: not every port and network of the environment
+    (which the tunnel pNIC's full computation reads), or each port update would cost as much as
+    the map is large."""
+    store = updater.store
+    others = [obj("network", f"net-{n}", network=[f"net-{n}"], status="ACTIVE", **{
+        "provider:network_type": "vxlan", "provider:physical_network": None, "provider:segmentation_id": 2000 + n})
+        for n in range(100)]
+    others += [port(f"px{n}", f"net-{n % 100}", OH, "compute:nova", "vm1") for n in range(300)]
+    store.upsert_objects(ENV, others)
+    read: list[int] = []
+    real = store.find_objects
+
+    def counting(environment: str, **kw: Any) -> list[Doc]:
+        docs = real(environment, **kw)
+        read.append(len(docs))
+        return docs
+
+    monkeypatch.setattr(store, "find_objects", counting)
+    pb = port("pb", "net-b", LH, "compute:nova", "vm2")
+    store.upsert_objects(ENV, [pb])
+    updater.relink(Change(upserted=[pb]))
+    monkeypatch.undo()
+    states = link_states(store)
+    assert states[("host_pnic-network", sid(LH, "eth0"), "net-b")] == "up"  # what the port brings
+    assert ("host_pnic-network", sid(LH, "eth0"), "net-a") in states  # what was there stays
+    assert sum(read) < 30, read  # the map holds more than 400 ports and networks
 
 
 def test_a_link_on_a_reversed_directed_step_rebuilds_the_clique(updater: MapUpdater) -> None:

@@ -439,6 +439,36 @@ def _physnet_mappings(agent_configs: Iterable[Mapping[str, Any]]) -> tuple[dict[
     return bridges, interfaces
 
 
+def _network_kind(net: Mapping[str, Any]) -> str | None:
+    """"physical" (a VLAN or flat network on a physical network), "overlay" (tunnelled), or None."""
+    physnet = _str(net.get("provider:physical_network"))
+    net_type = str(net.get("provider:network_type") or "").lower()
+    if physnet and net_type in PHYSICAL_TYPES | {""}:
+        return "physical"
+    if not physnet and net_type in OVERLAY_TYPES | {""}:
+        return "overlay"
+    return None
+
+
+def _tunnels_of(hosts: set[str], lookup: Lookup) -> tuple[dict[str, set[str]], dict[str, set[str]]]:
+    """Each host's tunnel endpoint IPs and VXLAN devices, from its oteps (one ``find``)."""
+    tunnel_ips: dict[str, set[str]] = defaultdict(set)
+    tunnel_devices: dict[str, set[str]] = defaultdict(set)
+    for otep in lookup.find("otep"):
+        if otep.get("host") in hosts:
+            if ip := _address(otep.get("ip_address")):
+                tunnel_ips[otep["host"]].add(ip)
+            if device := _str(otep.get("device")):
+                tunnel_devices[otep["host"]].add(device)
+    return tunnel_ips, tunnel_devices
+
+
+def _is_tunnel_pnic(pnic: Mapping[str, Any], tunnel_ips: set[str], tunnel_devices: set[str]) -> bool:
+    """Whether overlay traffic leaves through this pNIC: it holds a tunnel IP, or is a VXLAN device's."""
+    pnic_ips = {_address(a) for a in pnic.get("ip_addresses") or ()}
+    return bool(tunnel_ips & pnic_ips) or pnic["local_name"] in tunnel_devices
+
+
 class HostPnicNetworkFinder(LinkFinder):
     """host_pnic → network: the networks a pNIC carries.
 
@@ -452,11 +482,15 @@ class HostPnicNetworkFinder(LinkFinder):
       that has a port bound to the host (``binding:host_id``): their traffic leaves through it.
 
     A port is a holder too: a port newly bound to a host (the usual notification) may bring a new
-    overlay network to that host's tunnel pNIC, so a port holder relinks its host's pNICs.
+    overlay network to that host's tunnel pNIC. A port holder whose host's pNICs are not holders
+    yields only that: its tunnel pNICs' links to its own network. Nothing else a pNIC carries
+    depends on a port, and reading what the whole computation reads (every port, network, agent
+    and otep of the environment) at every port update would cost as much as the map is large.
 
     Query bound: one ``get`` (the hosts' vEdges, by computed id) and ``find`` of networks, ports,
-    oteps and network agents, once each per call, plus one ``find`` of pNICs when ports are holders
-    whose hosts' pNICs are not: at most six queries for any number of holders.
+    oteps and network agents, once each per call, for pNIC holders; for port holders, one ``find``
+    of pNICs and of oteps and one ``get`` of their networks. At most nine queries for any number of
+    holders.
     """
 
     link_type = "host_pnic-network"
@@ -468,13 +502,21 @@ class HostPnicNetworkFinder(LinkFinder):
         pnics = [p for p in holders
                  if p.get("type") == "host_pnic" and _str(p.get("host")) and _str(p.get("local_name"))]
         hosts = {p["host"] for p in pnics}
-        port_hosts = {h for p in holders if p.get("type") == "port" and (h := _str(p.get("binding:host_id")))}
-        if port_hosts - hosts:
-            more = _pnics_by_host(lookup, port_hosts - hosts)
-            pnics += [p for docs in more.values() for p in docs if _str(p.get("local_name"))]
-            hosts |= set(more)
-        if not hosts:
-            return []
+        links: dict[tuple[str, str], Doc] = {}
+        if pnics:
+            self._carried(links, pnics, hosts, lookup, environment)
+        bound_nets: dict[str, set[str]] = defaultdict(set)  # host -> networks of port holders bound there
+        for port in holders:
+            host, net = _str(port.get("binding:host_id")), _str(port.get("network_id"))
+            if port.get("type") == "port" and host and net and host not in hosts:
+                bound_nets[host].add(net)
+        if bound_nets:
+            self._bound_by_ports(links, bound_nets, lookup, environment)
+        return list(links.values())
+
+    def _carried(self, links: dict[tuple[str, str], Doc], pnics: list[Doc], hosts: set[str], lookup: Lookup,
+                 environment: str) -> None:
+        """Every network these pNICs carry."""
         vedges = _vedges_of(hosts, lookup)
         configs: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
         for host, docs in vedges.items():
@@ -482,32 +524,22 @@ class HostPnicNetworkFinder(LinkFinder):
         for agent in lookup.find("network_agent"):
             if agent.get("host") in hosts and (c := _mapping(agent.get("configurations"))):
                 configs[agent["host"]].append(c)
-        tunnel_ips: dict[str, set[str]] = defaultdict(set)
-        tunnel_devices: dict[str, set[str]] = defaultdict(set)
-        for otep in lookup.find("otep"):
-            if otep.get("host") in hosts:
-                if ip := _address(otep.get("ip_address")):
-                    tunnel_ips[otep["host"]].add(ip)
-                if device := _str(otep.get("device")):
-                    tunnel_devices[otep["host"]].add(device)
+        tunnel_ips, tunnel_devices = _tunnels_of(hosts, lookup)
         bound: dict[str, set[str]] = defaultdict(set)
         if tunnel_ips or tunnel_devices:
             for port in lookup.find("port"):
                 bound_host, bound_net = _str(port.get("binding:host_id")), _str(port.get("network_id"))
                 if (bound_host in tunnel_ips or bound_host in tunnel_devices) and bound_net:
                     bound[bound_host].add(bound_net)
-        networks = lookup.find("network")
         physical: dict[str, list[Doc]] = defaultdict(list)
         overlay: dict[str, Doc] = {}
-        for net in networks:
-            physnet = _str(net.get("provider:physical_network"))
-            net_type = str(net.get("provider:network_type") or "").lower()
-            if physnet and net_type in PHYSICAL_TYPES | {""}:
-                physical[physnet].append(net)
-            elif not physnet and net_type in OVERLAY_TYPES | {""}:
+        for net in lookup.find("network"):
+            kind = _network_kind(net)
+            if kind == "physical":
+                physical[str(net["provider:physical_network"])].append(net)
+            elif kind == "overlay":
                 overlay[net["id"]] = net
 
-        links: dict[tuple[str, str], Doc] = {}
         for pnic in pnics:
             host, name = pnic["host"], pnic["local_name"]
             bridges, interfaces = _physnet_mappings(configs.get(host, ()))
@@ -520,12 +552,28 @@ class HostPnicNetworkFinder(LinkFinder):
                     continue
                 for net in physical.get(physnet, ()):
                     self._add(links, environment, pnic, net, physnet=physnet)
-            pnic_ips = {_address(a) for a in pnic.get("ip_addresses") or ()}
-            if tunnel_ips.get(host, set()) & pnic_ips or name in tunnel_devices.get(host, set()):
+            if _is_tunnel_pnic(pnic, tunnel_ips.get(host, set()), tunnel_devices.get(host, set())):
                 for net_id in sorted(bound.get(host, ())):
                     if net_id in overlay:
                         self._add(links, environment, pnic, overlay[net_id], physnet=None)
-        return list(links.values())
+
+    def _bound_by_ports(self, links: dict[tuple[str, str], Doc], bound_nets: dict[str, set[str]], lookup: Lookup,
+                        environment: str) -> None:
+        """The links a port bound to a host adds: its host's tunnel pNICs carry its overlay network."""
+        hosts = set(bound_nets)
+        tunnel_ips, tunnel_devices = _tunnels_of(hosts, lookup)
+        if not tunnel_ips and not tunnel_devices:
+            return
+        nets = lookup.get({n for ids in bound_nets.values() for n in ids})
+        for host, pnics in _pnics_by_host(lookup, hosts).items():
+            for pnic in pnics:
+                if not _str(pnic.get("local_name")) or \
+                        not _is_tunnel_pnic(pnic, tunnel_ips.get(host, set()), tunnel_devices.get(host, set())):
+                    continue
+                for net_id in sorted(bound_nets[host]):
+                    net = nets.get(net_id)
+                    if net is not None and _network_kind(net) == "overlay":
+                        self._add(links, environment, pnic, net, physnet=None)
 
     def _add(self, links: dict[tuple[str, str], Doc], environment: str, pnic: Doc, net: Doc,
              physnet: str | None) -> None:
