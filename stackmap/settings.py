@@ -125,10 +125,11 @@ class EventManagerSettings(DaemonSettings):
         "handling (0: each handler reads when its turn comes); worth most where the API answers slowly")
     prefetch: int = Field(default=500, ge=1, le=65535)
     batch_size: int = Field(default=200, ge=1, description="acknowledge after this many messages, with one ack")
-    batch_max_delay_ms: int = Field(default=10, ge=0, description="...or after this long, whichever is first")
+    batch_max_delay_ms: int = Field(default=3, ge=0, description="...or after this long, whichever is first")
     batch_backlog_delay_ms: int = Field(
-        default=500, ge=0, description="...but while more messages wait behind the batch, after this long: they "
-        "are held up by the queue anyway, and one commit (and one clique rebuild) for many events drains it faster")
+        default=500, ge=0, description="...but while a backlog (a quarter of a batch or more) waits behind the batch, "
+        "after this long: those messages are late already, and one commit (and one clique rebuild) for many events "
+        "drains it faster")
     retry_limit: int = Field(default=10, ge=0, description="attempts after the first, then dead-lettered")
     retry_delay_s: float = Field(default=1.0, gt=0, description="delay before the first retry; doubles per attempt")
     retry_delay_max_s: float = Field(default=60.0, gt=0)

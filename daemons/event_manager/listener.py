@@ -11,7 +11,8 @@ Why it looks the way it does (Calipso's listener is the counter-example, see cal
 - **Ack after commit, in batches.** Messages are handled as they arrive (the handlers commit their
   writes, or buffer them for a ``flush()`` the listener calls), and acknowledged together with one
   ``basic.ack(multiple=True)`` once per ``batch_size`` messages or ``batch_max_delay_ms``, or when the
-  stream pauses. While a backlog waits behind the batch, it may grow for ``batch_backlog_delay_ms``:
+  stream pauses. While a backlog waits behind the batch (a quarter of a batch or more: not the few
+  messages a steady stream brings during one batch), it may grow for ``batch_backlog_delay_ms``:
   those messages are late already, and the per-batch costs (commit, clique rebuilds, ack) shared by
   more events drain the backlog sooner. A crash before the ack means redelivery, and handlers are idempotent.
 - **One place decides a message's fate.** The sink returns an ``EventResult``; only this module
@@ -773,11 +774,15 @@ class Listener:
             self._complete()
 
     def _batch_due(self, now: float) -> bool:
-        """The batch is full, or old enough to be settled (older when a backlog is waiting behind it)."""
+        """The batch is full, or old enough to be settled (older when a backlog is waiting behind it).
+
+        A backlog is a quarter of a batch or more. Any message at all waiting would do at a steady
+        rate near capacity, where one nearly always is: every batch then waited the backlog's delay
+        (at 1,000 events/s on the 100k map, p50 553 ms against 22-28 ms this way)."""
         if len(self._done) >= self.options.batch_size:
             return True
         limit_ms = self.options.batch_max_delay_ms
-        if self._inbox:
+        if len(self._inbox) >= max(1, self.options.batch_size // 4):  # a backlog, not a steady stream's next few
             limit_ms = max(limit_ms, self.options.batch_backlog_delay_ms)
         return now - self._batch_started >= limit_ms / 1000
 

@@ -380,6 +380,22 @@ def test_a_backlog_is_settled_in_larger_batches_than_a_trickle(
         assert time.monotonic() - started < 2.5
 
 
+def test_a_few_messages_waiting_are_not_a_backlog(
+        env_name: str, sqlite_store: Store, db: Path, options: EventManagerSettings) -> None:
+    # a steady stream nearly always has a few messages waiting: were that a backlog, every batch would
+    # be held for batch_backlog_delay_ms. Six waiting, with batches of 40, are settled in 10 ms batches
+    opts = options.model_copy(update={"batch_size": 40, "batch_max_delay_ms": 10, "batch_backlog_delay_ms": 5000})
+    with running_listener(env_name, sqlite_store, opts):
+        pass
+    publisher(env_name).publish_many(
+        oslo_body("test.thing.update.end", {"sleep_ms": 5}, f"m-{i}") for i in range(6))
+    batches: list[int] = []
+    with running_listener(env_name, sqlite_store, opts, on_committed=lambda items: batches.append(len(items))):
+        wait_for(lambda: sum(batches) == 6, 30, "the six")
+    assert len(handled_ids(db, env_name)) == 6
+    assert len(batches) >= 2 and max(batches) <= 4, batches
+
+
 def test_broker_from_the_environments_amqp_section(env_name: str, db: Path) -> None:
     settings = load_settings(store_url=f"sqlite:///{db}")
     settings.event_manager = settings.event_manager.model_copy(update={"heartbeat_s": 10})
