@@ -446,12 +446,15 @@ class MapUpdater:
         return Engine(self.scanners, ctx, plan=self._plan), cache
 
     # -- links and cliques -------------------------------------------------------------------------
-    def relink(self, change: Change, extra_holders: Iterable[Doc] = ()) -> None:
-        """Recompute the links held by the changed objects; write only those that are new or differ,
-        drop the ones they no longer hold, and note both in ``change`` for ``reclique``.
-        Inside a batch (``begin_batch``) this only notes the objects: ``flush_batch`` relinks them."""
+    def relink(self, change: Change, extra_holders: Iterable[Doc] = (), extra_ids: Iterable[str] = ()) -> None:
+        """Recompute the links held by the changed objects (and ``extra_holders``, or the stored objects
+        ``extra_ids`` name); write only those that are new or differ, drop the ones they no longer
+        hold, and note both in ``change`` for ``reclique``.
+        Inside a batch (``begin_batch``) this only notes the objects: ``flush_batch`` relinks them
+        (and reads them then: objects named by id are not read here)."""
         holders = {h["id"]: h for h in [*change.upserted, *extra_holders]}
-        if not holders:
+        more = [i for i in extra_ids if i not in holders]
+        if not holders and not more:
             return
         if self.atomic and not change.written and not change.deleted:
             # The event wrote nothing, and every earlier change of these objects committed with its
@@ -460,9 +463,11 @@ class MapUpdater:
             return
         if self._pending is not None:
             change.deferred = True
-            self._relink_later.update(dict.fromkeys(holders))
+            self._relink_later.update(dict.fromkeys([*holders, *more]))
             self._moved_later.update(change.renamed, change.restated)
             return
+        if more:
+            holders.update((o["id"], o) for o in self.store.find_objects(self.environment, ids=more))
         self._relink_now(change, holders)
 
     def _relink_now(self, change: Change, holders: dict[str, Doc]) -> None:

@@ -175,10 +175,7 @@ class InstanceHandler(EventBase):
         return EventResult.done(f"{n.event_type}: instance gone from the API; {change.describe()}", oid)
 
     def _relink(self, change: Change, ports: list[dict[str, Any]]) -> None:
-        port_ids = [str(p["id"]) for p in ports]
-        holders: list[dict[str, Any]] = self.updater.store.find_objects(self.updater.environment, ids=port_ids) \
-            if port_ids else []
-        self.updater.relink(change, holders)
+        self.updater.relink(change, extra_ids=[str(p["id"]) for p in ports])
         self.updater.reclique(change)
 
     @staticmethod
