@@ -191,10 +191,13 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def find_cliques(
         self, environment: str, *, focal_point: str | None = None, containing: Iterable[str] | None = None,
-        holding: Iterable[tuple[str, str]] | None = None,
+        holding: Iterable[tuple[str, str]] | None = None, link_ids_only: bool = False,
     ) -> list[Doc]:
         """Cliques by focal point, or those whose nodes include any of ``containing``, or both ends of
-        one of the ``holding`` pairs (the only cliques that can hold a link between them)."""
+        one of the ``holding`` pairs (the only cliques that can hold a link between them).
+        ``link_ids_only``: ``links_detailed`` lists the ids of the links the clique names instead of
+        the links, which a store that attaches them on read then need not read (a rescan compares
+        only which links each clique holds)."""
 
     @abc.abstractmethod
     def patch_clique_links(self, environment: str, keys: Iterable[LinkKey], skip: Iterable[str] = ()) -> int:

@@ -627,7 +627,7 @@ class MongoStore(Store):
 
     def find_cliques(
         self, environment: str, *, focal_point: str | None = None, containing: Iterable[str] | None = None,
-        holding: Iterable[tuple[str, str]] | None = None,
+        holding: Iterable[tuple[str, str]] | None = None, link_ids_only: bool = False,
     ) -> list[Doc]:
         query: Doc = {"environment": environment}
         if focal_point is not None:
@@ -642,7 +642,11 @@ class MongoStore(Store):
             nothing: Doc = {"focal_point": {"$in": []}}
             query.setdefault("$and", []).append({"$or": pairs} if pairs else nothing)
         with self._op():
-            return self._docs(self._db[CLIQUES].find(query).sort("focal_point", ASCENDING))
+            docs = self._docs(self._db[CLIQUES].find(query).sort("focal_point", ASCENDING))
+        if link_ids_only:  # (the copies are in the documents: nothing to save but the caller's work)
+            for doc in docs:
+                doc["links_detailed"] = [lk.get("id") for lk in doc.get("links_detailed") or ()]
+        return docs
 
     def patch_clique_links(self, environment: str, keys: Iterable[LinkKey], skip: Iterable[str] = ()) -> int:
         # The positional operator replaces the array element the filter matched: a link is in a

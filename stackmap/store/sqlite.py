@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 
 from stackmap.errors import DuplicateError, NotFound, StoreError, StoreUnavailable
+from stackmap.model import link_id
 from stackmap.store.base import (
     HOST_KEY_REQUIRED,
     INVENTORY_REQUIRED,
@@ -665,7 +666,7 @@ class SqliteStore(Store):
 
     def find_cliques(
         self, environment: str, *, focal_point: str | None = None, containing: Iterable[str] | None = None,
-        holding: Iterable[tuple[str, str]] | None = None,
+        holding: Iterable[tuple[str, str]] | None = None, link_ids_only: bool = False,
     ) -> list[Doc]:
         where, params = ["c.environment = ?"], [environment]
         if focal_point is not None:
@@ -689,10 +690,11 @@ class SqliteStore(Store):
         with self._snapshot():  # the cliques and the links they name, as of one moment
             rows = self._read(f"SELECT c.doc, c.link_keys FROM cliques c WHERE {' AND '.join(where)} "
                               "ORDER BY c.focal_point", params)
-            return self._with_links(environment, rows)
+            return self._with_links(environment, rows, link_ids_only)
 
-    def _with_links(self, environment: str, rows: list[tuple[Any, ...]]) -> list[Doc]:
-        """Clique documents with their ``links_detailed``: the links their keys name, as stored now."""
+    def _with_links(self, environment: str, rows: list[tuple[Any, ...]], link_ids_only: bool = False) -> list[Doc]:
+        """Clique documents with their ``links_detailed``: the links their keys name, as stored now
+        (or, ``link_ids_only``, those links' ids: none is read)."""
         docs: list[Doc] = []
         named: list[list[LinkKey]] = []
         for text, key_text in rows:
@@ -703,6 +705,10 @@ class SqliteStore(Store):
                 keys = [(k[0], k[1], k[2]) for k in orjson.loads(key_text)]
             docs.append(doc)
             named.append(keys)
+        if link_ids_only:
+            for doc, keys in zip(docs, named, strict=True):
+                doc["links_detailed"] = [link_id(*key) for key in keys]
+            return docs
         wanted = {key for keys in named for key in keys}
         found = {link_key(lk): lk for lk in self.find_links(environment, keys=wanted)} if wanted else {}
         for doc, keys in zip(docs, named, strict=True):

@@ -297,6 +297,12 @@ def test_a_cliques_links_detailed_are_its_links_as_stored(store: Store) -> None:
     by_focal = {c["focal_point"]: c for c in store.find_cliques(ENV)}
     assert by_focal["i1"]["links_detailed"] == [stored[by_focal["i1"]["links"][0]], stored[by_focal["i1"]["links"][1]]]
     assert [lk["link_type"] for lk in by_focal["i1"]["links_detailed"]] == ["instance-port", "port-network"]
+    # or only the ids of the links each clique holds, in the same order
+    ids_only = store.find_cliques(ENV, link_ids_only=True)
+    assert [(c["focal_point"], c["links_detailed"]) for c in ids_only] == \
+        [(c["focal_point"], [lk["id"] for lk in c["links_detailed"]]) for c in by_focal.values()]
+    assert ids_only[0]["links_detailed"] and all(isinstance(i, str) for c in ids_only for i in c["links_detailed"])
+    assert store.find_cliques(ENV, focal_point="i1", link_ids_only=True)[0]["nodes"] == ["i1", "p1", "n1"]
 
     # p1 goes down: its link changes, and the cliques' copies are brought up to date
     store.upsert_links(ENV, [link("port-network", "p1", "n1", state="down")])
