@@ -357,19 +357,26 @@ def test_a_backlog_with_slow_handlers_is_worked_through_without_idling(
     assert time.monotonic() - started < 6
 
 
+def batches_of_queued(env_name: str, store: Store, db: Path, opts: EventManagerSettings, count: int) -> list[int]:
+    """Queue ``count`` events of 5 ms handling while no listener runs, then the sizes of the batches a
+    listener settles them in (every one handled)."""
+    with running_listener(env_name, store, opts):  # the queue, declared
+        pass
+    publisher(env_name).publish_many(
+        oslo_body("test.thing.update.end", {"sleep_ms": 5}, f"m-{i}") for i in range(count))
+    batches: list[int] = []
+    with running_listener(env_name, store, opts, on_committed=lambda items: batches.append(len(items))):
+        wait_for(lambda: sum(batches) == count, 30, f"the {count} queued events")
+    assert len(handled_ids(db, env_name)) == count
+    return batches
+
+
 def test_a_backlog_is_settled_in_larger_batches_than_a_trickle(
         env_name: str, sqlite_store: Store, db: Path, options: EventManagerSettings) -> None:
     # 60 x 5 ms of handling queued before the listener starts: 10 ms alone would settle a batch every
     # two events, but with more waiting behind it a batch may grow for batch_backlog_delay_ms
     opts = options.model_copy(update={"batch_size": 30, "batch_max_delay_ms": 10, "batch_backlog_delay_ms": 5000})
-    with running_listener(env_name, sqlite_store, opts):
-        pass
-    publisher(env_name).publish_many(
-        oslo_body("test.thing.update.end", {"sleep_ms": 5}, f"m-{i}") for i in range(60))
-    batches: list[int] = []
-    with running_listener(env_name, sqlite_store, opts, on_committed=lambda items: batches.append(len(items))):
-        wait_for(lambda: sum(batches) == 60, 30, "the backlog")
-    assert len(handled_ids(db, env_name)) == 60
+    batches = batches_of_queued(env_name, sqlite_store, db, opts, 60)
     assert max(batches) >= 15 and len(batches) <= 12, batches
     # and once the backlog is gone, a lone event is settled within batch_max_delay_ms, not the backlog's
     batches.clear()
@@ -385,14 +392,7 @@ def test_a_few_messages_waiting_are_not_a_backlog(
     # a steady stream nearly always has a few messages waiting: were that a backlog, every batch would
     # be held for batch_backlog_delay_ms. Six waiting, with batches of 40, are settled in 10 ms batches
     opts = options.model_copy(update={"batch_size": 40, "batch_max_delay_ms": 10, "batch_backlog_delay_ms": 5000})
-    with running_listener(env_name, sqlite_store, opts):
-        pass
-    publisher(env_name).publish_many(
-        oslo_body("test.thing.update.end", {"sleep_ms": 5}, f"m-{i}") for i in range(6))
-    batches: list[int] = []
-    with running_listener(env_name, sqlite_store, opts, on_committed=lambda items: batches.append(len(items))):
-        wait_for(lambda: sum(batches) == 6, 30, "the six")
-    assert len(handled_ids(db, env_name)) == 6
+    batches = batches_of_queued(env_name, sqlite_store, db, opts, 6)
     assert len(batches) >= 2 and max(batches) <= 4, batches
 
 
