@@ -112,10 +112,13 @@ class Store(abc.ABC):
         parent_id: str | None = None,
         ids: Iterable[str] | None = None,
         under: str | None = None,
+        hosts: Iterable[str] | None = None,
         limit: int | None = None,
     ) -> list[Doc]:
         """Objects matching every given filter, ordered by id_path; ``under`` is an object id: that
-        object and its whole subtree (none if the object does not exist)."""
+        object and its whole subtree (none if the object does not exist); ``hosts``: objects whose
+        ``host`` field is one of these (a few hosts' pNICs or oteps, through an index, where reading
+        every one of a large cloud to pick them would cost as much as the cloud is large)."""
 
     @abc.abstractmethod
     def update_object(self, environment: str, object_id: str, changes: Mapping[str, Any]) -> bool:

@@ -72,6 +72,7 @@ _INDEXES: dict[str, list[tuple[list[tuple[str, int]], bool]]] = {
         ([("environment", ASCENDING), ("type", ASCENDING)], False),
         ([("environment", ASCENDING), ("parent_id", ASCENDING)], False),
         ([("environment", ASCENDING), ("id_path", ASCENDING)], False),
+        ([("environment", ASCENDING), ("host", ASCENDING)], False),
     ],
     LINKS: [
         ([("environment", ASCENDING), ("link_type", ASCENDING), ("source_id", ASCENDING),
@@ -434,11 +435,14 @@ class MongoStore(Store):
         parent_id: str | None = None,
         ids: Iterable[str] | None = None,
         under: str | None = None,
+        hosts: Iterable[str] | None = None,
         limit: int | None = None,
     ) -> list[Doc]:
         query: Doc = {"environment": environment}
         if type is not None:
             query["type"] = type
+        if hosts is not None:
+            query["host"] = {"$in": list(hosts)}
         if parent_id is not None:
             query["parent_id"] = parent_id
         if ids is not None:

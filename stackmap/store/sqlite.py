@@ -45,6 +45,7 @@ CREATE TABLE IF NOT EXISTS inventory (
 CREATE UNIQUE INDEX IF NOT EXISTS inventory_key ON inventory (environment, id);
 CREATE INDEX IF NOT EXISTS inventory_type ON inventory (environment, type);
 CREATE INDEX IF NOT EXISTS inventory_parent ON inventory (environment, parent_id);
+CREATE INDEX IF NOT EXISTS inventory_host ON inventory (environment, json_extract(doc, '$.host'));
 DROP INDEX IF EXISTS inventory_path;
 CREATE TABLE IF NOT EXISTS links (
     environment TEXT NOT NULL, link_type TEXT NOT NULL, source_id TEXT NOT NULL, target_id TEXT NOT NULL,
@@ -380,6 +381,7 @@ class SqliteStore(Store):
         parent_id: str | None = None,
         ids: Iterable[str] | None = None,
         under: str | None = None,
+        hosts: Iterable[str] | None = None,
         limit: int | None = None,
     ) -> list[Doc]:
         where, params = ["environment = ?"], [environment]
@@ -392,6 +394,9 @@ class SqliteStore(Store):
         if ids is not None:
             where.append(f"id IN {_IDS}")
             params.append(_idlist(ids))
+        if hosts is not None:  # (the expression of the inventory_host index, so that it is used)
+            where.append(f"json_extract(doc, '$.host') IN {_IDS}")
+            params.append(_idlist(hosts))
         prefix = ""
         if under is not None:
             prefix = _SUBTREE

@@ -168,6 +168,17 @@ def test_find_objects_filters(store: Store) -> None:
     assert store.find_objects("other-env") == []
 
 
+def test_find_objects_on_hosts(store: Store) -> None:
+    store.upsert_objects(ENV, [obj(f"{h}-eth{n}", "host_pnic", f"/{h}/{h}-eth{n}", host=h)
+                               for h in ("h1", "h2", "h3") for n in (0, 1)]
+                         + [obj("i1", "instance", "/h1/i1", host="h1"), obj("n1", "network", "/n1")])
+    store.upsert_objects("other", [obj("h1-eth0", "host_pnic", "/h1/h1-eth0", host="h1")])
+    assert [o["id"] for o in store.find_objects(ENV, type="host_pnic", hosts=["h1", "h3", "nope"])] == \
+        ["h1-eth0", "h1-eth1", "h3-eth0", "h3-eth1"]
+    assert [o["id"] for o in store.find_objects(ENV, hosts=["h1"])] == ["h1-eth0", "h1-eth1", "i1"]
+    assert store.find_objects(ENV, hosts=[]) == [] and store.find_objects(ENV, type="network", hosts=["h1"]) == []
+
+
 def test_object_ids_and_counts(store: Store) -> None:
     store.upsert_objects(ENV, tree())
     assert store.object_ids(ENV) == {"r1", "h1", "i1", "i2", "v1", "h10", "i10"}

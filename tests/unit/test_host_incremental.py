@@ -110,13 +110,17 @@ def test_a_port_bound_to_a_host_links_its_tunnel_pnic_to_the_network(updater: Ma
 
 def test_a_port_update_reads_its_host_not_the_whole_map(updater: MapUpdater, monkeypatch: pytest.MonkeyPatch) -> None:
     """Relinking a port reads what its links need: not every port and network of the environment
-    (which the tunnel pNIC's full computation reads), or each port update would cost as much as
-    the map is large."""
+    (which the tunnel pNIC's full computation reads), nor every host's pNICs and oteps, or each
+    port update would cost as much as the cloud is large."""
     store = updater.store
     others = [obj("network", f"net-{n}", network=[f"net-{n}"], status="ACTIVE", **{
         "provider:network_type": "vxlan", "provider:physical_network": None, "provider:segmentation_id": 2000 + n})
         for n in range(100)]
     others += [port(f"px{n}", f"net-{n % 100}", OH, "compute:nova", "vm1") for n in range(300)]
+    for n in range(60):  # other hosts' pNICs and tunnel endpoints: read through the store's host index
+        others += [obj("host_pnic", f"x{n}-eth{k}", host=f"x{n}", local_name=f"eth{k}",
+                       ip_addresses=[f"10.9.{n}.{k}/24"]) for k in range(4)]
+        others.append(obj("otep", f"x{n}-otep", host=f"x{n}", ip_address=f"10.9.{n}.0"))
     store.upsert_objects(ENV, others)
     read: list[int] = []
     real = store.find_objects
@@ -134,7 +138,7 @@ def test_a_port_update_reads_its_host_not_the_whole_map(updater: MapUpdater, mon
     states = link_states(store)
     assert states[("host_pnic-network", sid(LH, "eth0"), "net-b")] == "up"  # what the port brings
     assert ("host_pnic-network", sid(LH, "eth0"), "net-a") in states  # what was there stays
-    assert sum(read) < 30, read  # the map holds more than 400 ports and networks
+    assert sum(read) < 30, read  # the map holds more than 400 ports and networks, and 300 other pNICs and oteps
 
 
 def test_a_link_on_a_reversed_directed_step_rebuilds_the_clique(updater: MapUpdater) -> None:

@@ -380,12 +380,10 @@ def _address(value: Any) -> str | None:
 
 
 def _pnics_by_host(lookup: Lookup, hosts: set[str]) -> dict[str, list[Doc]]:
-    """The pNICs of some hosts, read with one ``find`` whatever the number of hosts."""
+    """The pNICs of some hosts, read with one lookup whatever the number of hosts."""
     by_host: dict[str, list[Doc]] = defaultdict(list)
-    if hosts:
-        for pnic in lookup.find("host_pnic"):
-            if pnic.get("host") in hosts:
-                by_host[pnic["host"]].append(pnic)
+    for pnic in lookup.find_on_hosts("host_pnic", hosts):
+        by_host[pnic["host"]].append(pnic)
     return by_host
 
 
@@ -451,15 +449,14 @@ def _network_kind(net: Mapping[str, Any]) -> str | None:
 
 
 def _tunnels_of(hosts: set[str], lookup: Lookup) -> tuple[dict[str, set[str]], dict[str, set[str]]]:
-    """Each host's tunnel endpoint IPs and VXLAN devices, from its oteps (one ``find``)."""
+    """Each host's tunnel endpoint IPs and VXLAN devices, from its oteps (one lookup)."""
     tunnel_ips: dict[str, set[str]] = defaultdict(set)
     tunnel_devices: dict[str, set[str]] = defaultdict(set)
-    for otep in lookup.find("otep"):
-        if otep.get("host") in hosts:
-            if ip := _address(otep.get("ip_address")):
-                tunnel_ips[otep["host"]].add(ip)
-            if device := _str(otep.get("device")):
-                tunnel_devices[otep["host"]].add(device)
+    for otep in lookup.find_on_hosts("otep", hosts):
+        if ip := _address(otep.get("ip_address")):
+            tunnel_ips[otep["host"]].add(ip)
+        if device := _str(otep.get("device")):
+            tunnel_devices[otep["host"]].add(device)
     return tunnel_ips, tunnel_devices
 
 
@@ -521,8 +518,8 @@ class HostPnicNetworkFinder(LinkFinder):
         configs: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
         for host, docs in vedges.items():
             configs[host].extend(c for d in docs if (c := _mapping(d.get("configurations"))))
-        for agent in lookup.find("network_agent"):
-            if agent.get("host") in hosts and (c := _mapping(agent.get("configurations"))):
+        for agent in lookup.find_on_hosts("network_agent", hosts):
+            if c := _mapping(agent.get("configurations")):
                 configs[agent["host"]].append(c)
         tunnel_ips, tunnel_devices = _tunnels_of(hosts, lookup)
         bound: dict[str, set[str]] = defaultdict(set)
