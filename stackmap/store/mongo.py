@@ -72,7 +72,7 @@ _INDEXES: dict[str, list[tuple[list[tuple[str, int]], bool]]] = {
         ([("environment", ASCENDING), ("type", ASCENDING)], False),
         ([("environment", ASCENDING), ("parent_id", ASCENDING)], False),
         ([("environment", ASCENDING), ("id_path", ASCENDING)], False),
-        ([("environment", ASCENDING), ("host", ASCENDING)], False),
+        ([("environment", ASCENDING), ("host", ASCENDING), ("type", ASCENDING)], False),
     ],
     LINKS: [
         ([("environment", ASCENDING), ("link_type", ASCENDING), ("source_id", ASCENDING),
