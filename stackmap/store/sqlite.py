@@ -45,7 +45,6 @@ CREATE TABLE IF NOT EXISTS inventory (
 CREATE UNIQUE INDEX IF NOT EXISTS inventory_key ON inventory (environment, id);
 CREATE INDEX IF NOT EXISTS inventory_type ON inventory (environment, type);
 CREATE INDEX IF NOT EXISTS inventory_parent ON inventory (environment, parent_id);
-DROP INDEX IF EXISTS inventory_host;
 DROP INDEX IF EXISTS inventory_path;
 CREATE TABLE IF NOT EXISTS links (
     environment TEXT NOT NULL, link_type TEXT NOT NULL, source_id TEXT NOT NULL, target_id TEXT NOT NULL,
