@@ -492,11 +492,12 @@ class MapUpdater:
                 others = self.store.find_objects(self.environment, ids=sorted(held))
                 link_types = set().union(*held.values())
                 finders = [f for f in self.finders if f.link_type in link_types]
-                # a finder whose finds are link ends needs to find only the moved objects (a load
-                # balancer's member ports, instead of every port of its member networks)
-                only = OnlyLookup(lookup, [holders[m] for m in moved if m in holders])
-                found = [*find_links(self.environment, others, lookup, [f for f in finders if not f.finds_ends]),
-                         *find_links(self.environment, others, only, [f for f in finders if f.finds_ends])]
+                found = find_links(self.environment, others, lookup, [f for f in finders if not f.finds_ends])
+                if ends := [f for f in finders if f.finds_ends]:
+                    # a finder whose finds are link ends needs to find only the moved objects (a load
+                    # balancer's member ports, instead of every port of its member networks)
+                    only = OnlyLookup(lookup, [holders[m] for m in moved if m in holders])
+                    found += find_links(self.environment, others, only, ends)
                 fresh_keys_so_far = {link_key(lk) for lk in fresh}
                 fresh += [lk for lk in found
                           if (lk["source_id"] in moved or lk["target_id"] in moved)
