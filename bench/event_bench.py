@@ -2,8 +2,10 @@
 
     python bench/event_bench.py [--sizes 1000 100000] [--burst 3000] [--rate 1000] [--seconds 10]
 
-For each map size a ``FakeCloud`` of about that many objects is served over HTTP by a child process
-and scanned into a fresh SQLite store. A real ``Listener`` (in this process, batched acks) then feeds
+For each map size a ``FakeCloud`` is served over HTTP by a child process and scanned into a fresh
+SQLite store, with its hosts' layer (pNICs, Open vSwitch vEdges, OTEPs, hybrid-plug bridges, vNICs)
+read from simulated host tools (``tests/fakehosts.py``) unless ``--no-host-layer``: about that many
+objects in all. A real ``Listener`` (in this process, batched acks) then feeds
 ``port.update.end`` and ``compute.instance.update`` notifications, published on RabbitMQ, to the real
 ``Dispatcher(MapUpdater(store, box, env), batched=True)``, exactly as ``stackmap-event-manager``
 builds it. Every event announces a real change, as in a busy cloud: a port's payload carries a new
@@ -69,6 +71,7 @@ from stackmap.settings import EventManagerSettings  # noqa: E402
 from stackmap.store import Store  # noqa: E402
 from tests import fakecloud  # noqa: E402
 from tests.fakecloud import CloudSize, FakeCloud, ShowingServer  # noqa: E402
+from tests.fakehosts import SimulatedHosts, plan_cloud  # noqa: E402
 
 BROKER = "amqp://guest:guest@127.0.0.1:5672//"
 ROUTING_KEY = "notifications.info"
@@ -133,7 +136,8 @@ def changed_server(server: dict[str, Any], n: int) -> dict[str, Any]:
     return dict(server, status="SHUTOFF", **{"OS-EXT-STS:vm_state": "stopped", "OS-EXT-STS:power_state": 4})
 
 
-def _serve(size: CloudSize, conn: Pipe, samples: int, latency_ms: float = 0.0, change: bool = True) -> None:
+def _serve(size: CloudSize, conn: Pipe, samples: int, latency_ms: float = 0.0, change: bool = True,
+           host_layer: bool = True) -> None:
     # FakeCloudServer writes headers and body in two sends: with Nagle on, every keep-alive response
     # waits ~40 ms for a delayed ACK, an artefact no real API shows. (Set in this child process only.)
     fakecloud._Handler.disable_nagle_algorithm = True
@@ -143,19 +147,36 @@ def _serve(size: CloudSize, conn: Pipe, samples: int, latency_ms: float = 0.0, c
         ports = [p for p in cloud.items("ports") if str(p.get("device_owner", "")).startswith("compute:")]
         servers = [s for s in cloud.items("servers") if s.get("OS-EXT-SRV-ATTR:host")]
         conn.send({"auth_url": server.auth_url, "user": cloud.user, "password": cloud.password,
-                   "ports": ports[:samples], "servers": servers[:samples]})
+                   "ports": ports[:samples], "servers": servers[:samples],
+                   "hosts": plan_cloud(cloud) if host_layer else None})
         if conn.recv() == "go":  # the map is built: events start
             server.latency_s = latency_ms / 1000
             server.changing = change
             conn.recv()  # "stop"
 
 
+def cloud_size(objects: int, host_layer: bool) -> CloudSize:
+    """A cloud whose map, host layer included when there is one, holds about ``objects`` objects."""
+    target = objects
+    for _ in range(6):  # the host layer grows with instances and hosts, as the rest of the map does
+        size = CloudSize.for_objects(target)
+        regions = len(size.regions)
+        # per instance: its vNIC, vNICs folder and qbr bridge; per host: 2 pNICs, a vEdge, an OTEP
+        extra = regions * (3 * size.instances + 4 * (size.hosts + 1)) if host_layer else 0
+        total = size.object_count() + extra
+        if abs(total - objects) <= max(5, objects // 500):
+            break
+        target = max(100, int(target * objects / total))
+    return size
+
+
 @contextmanager
-def fake_cloud(objects: int, samples: int, latency_ms: float = 0.0, change: bool = True) -> Iterator[dict[str, Any]]:
+def fake_cloud(objects: int, samples: int, latency_ms: float = 0.0, change: bool = True,
+               host_layer: bool = True) -> Iterator[dict[str, Any]]:
     ctx = mp.get_context("fork")  # nothing is threaded yet: the child inherits the imports
     parent, child = ctx.Pipe()
-    process = ctx.Process(target=_serve, args=(CloudSize.for_objects(objects), child, samples, latency_ms, change),
-                          daemon=True)
+    process = ctx.Process(target=_serve, args=(cloud_size(objects, host_layer), child, samples, latency_ms, change,
+                                               host_layer), daemon=True)
     process.start()
     try:
         info = parent.recv()
@@ -421,19 +442,24 @@ def bench_size(objects: int, args: argparse.Namespace, options: EventManagerSett
     exchange = f"stackmap-bench.{environment}"
     try:
         with tempfile.TemporaryDirectory(prefix="event-bench-") as tmp, \
-                fake_cloud(objects, args.samples, args.api_latency_ms, args.change) as cloud:
+                fake_cloud(objects, args.samples, args.api_latency_ms, args.change, args.host_layer) as cloud:
             url = f"sqlite:///{tmp}/bench.db"
             store = open_listener_store(url, options.store_busy_timeout_s)
             box = SecretBox(Path(tmp) / "key")
             add_environment(store, box, EnvironmentConfig.model_validate({
-                "name": environment, "configuration": [{"name": "OpenStack", "auth_url": cloud["auth_url"],
-                                                        "user": cloud["user"], "pwd": cloud["password"]}]}))
+                "name": environment, "mechanism_drivers": ["OVS"], "type_drivers": "vxlan",
+                "configuration": [{"name": "OpenStack", "auth_url": cloud["auth_url"],
+                                   "user": cloud["user"], "pwd": cloud["password"]}]}))
             from stackmap.discovery.scan import Scanner
 
             began = time.perf_counter()
-            summary = Scanner(store, box, environment).run()
+            hosts = SimulatedHosts(cloud["hosts"]) if cloud["hosts"] is not None else None
+            summary = Scanner(store, box, environment, hosts=hosts).run()
             counted = sum(summary.objects_by_type.values())
-            print(f"\n  (map of {counted:,} objects scanned in {time.perf_counter() - began:.1f} s, {summary.status})")
+            host_layer = sum(n for t, n in summary.objects_by_type.items()
+                             if t in ("host_pnic", "vedge", "otep", "vconnector", "vnic", "vservice"))
+            print(f"\n  (map of {counted:,} objects, {host_layer:,} of them host-layer, scanned in "
+                  f"{time.perf_counter() - began:.1f} s, {summary.status})")
             cloud["go"]()
             items = event_items(cloud["ports"] if "port" in args.kinds else [],
                                 cloud["servers"] if "instance" in args.kinds else [])
@@ -480,6 +506,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-change", dest="change", action="store_false",
                         help="events announce no change (duplicates): the map already holds what they say")
     parser.add_argument("--no-read-ahead", action="store_true", help="handlers read the API one event at a time")
+    parser.add_argument("--no-host-layer", dest="host_layer", action="store_false",
+                        help="map the API objects only (no pNICs, vEdges, OTEPs, bridges or vNICs)")
     args = parser.parse_args(argv)
     configure_logging("WARNING", "console")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the clean-ups (queues, the fake cloud)
