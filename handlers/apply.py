@@ -507,9 +507,9 @@ class MapUpdater:
             self.environment, touching=list(holders), link_types=held_types)} if held_types else {}
         missing = {link_key(lk) for lk in fresh} - set(current)
         if missing:  # links of renamed or restated objects held by others: compare them with what is stored too
-            current.update({link_key(lk): lk for lk in self.store.find_links(
-                self.environment, touching=sorted({k[1] for k in missing}),
-                link_types=sorted({k[0] for k in missing})) if link_key(lk) in missing})
+            # read by key: a source's other links of those types can be many (a tunnel pNIC carries
+            # every network of its host's instances)
+            current.update({link_key(lk): lk for lk in self.store.find_links(self.environment, keys=sorted(missing))})
         differing = []
         for link in fresh:
             key = link_key(link)

@@ -141,6 +141,37 @@ def test_a_port_update_reads_its_host_not_the_whole_map(updater: MapUpdater, mon
     assert sum(read) < 30, read  # the map holds more than 400 ports and networks, and 300 other pNICs and oteps
 
 
+def test_a_port_relink_reads_its_own_links_not_its_pnics(updater: MapUpdater, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A port's tunnel pNIC link is held by the port but does not touch it: it is compared with the
+    stored one read by its key, not with every network link of that pNIC (one per network of the
+    host's instances: hundreds on a busy host)."""
+    store = updater.store
+    nets = [obj("network", f"net-{n}", network=[f"net-{n}"], status="ACTIVE", **{
+        "provider:network_type": "vxlan", "provider:physical_network": None, "provider:segmentation_id": 2000 + n})
+        for n in range(100)]
+    ports = [port(f"px{n}", f"net-{n}", OH, "compute:nova", "vm1") for n in range(100)]
+    store.upsert_objects(ENV, nets + ports)
+    updater.relink(Change(upserted=ports))
+    eth0 = sid(OH, "eth0")
+    assert len(store.find_links(ENV, source_id=eth0, link_type="host_pnic-network")) > 100
+    read: list[int] = []
+    real = store.find_links
+
+    def counting(environment: str, **kw: Any) -> list[Doc]:
+        links = real(environment, **kw)
+        read.append(len(links))
+        return links
+
+    monkeypatch.setattr(store, "find_links", counting)
+    moved = dict(ports[7], status="DOWN")
+    store.upsert_objects(ENV, [moved])
+    updater.relink(Change(upserted=[moved], restated=[moved["id"]]))
+    monkeypatch.undo()
+    assert link_states(store)[("port-network", "px7", "net-7")] == "down"
+    assert ("host_pnic-network", eth0, "net-7") in link_states(store)
+    assert sum(read) < 30, read
+
+
 def test_a_link_on_a_reversed_directed_step_rebuilds_the_clique(updater: MapUpdater) -> None:
     """The vNIC clique's first step is ``vnic-instance``: a new ``instance-vnic`` link must count."""
     store = updater.store

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
+from functools import lru_cache
 from ipaddress import ip_interface
 from typing import Any, TypeGuard
 
@@ -373,6 +374,13 @@ def _address(value: Any) -> str | None:
     """The address part of "10.0.0.1/24" or "10.0.0.1"; None for anything that is not an IP."""
     if not isinstance(value, str) or not value:
         return None
+    return _parsed_address(value)
+
+
+@lru_cache(maxsize=65_536)
+def _parsed_address(value: str) -> str | None:
+    # cached: every relink of a port compares its host's tunnel addresses with its pNICs' again, and
+    # parsing an address costs more than the rest of that comparison
     try:
         return str(ip_interface(value.strip()).ip)
     except ValueError:
