@@ -470,8 +470,10 @@ class MapUpdater:
             holders.update((o["id"], o) for o in self.store.find_objects(self.environment, ids=more))
         self._relink_now(change, holders)
 
-    def _relink_now(self, change: Change, holders: dict[str, Doc]) -> None:
-        lookup = StoreLookup(self.store, self.environment)
+    def _relink_now(self, change: Change, holders: dict[str, Doc], from_store: bool = False) -> None:
+        """``relink`` itself. ``from_store``: the holders were just read from the store, so the finders'
+        lookups can take them from there (otherwise they may be placed copies, not yet as stored)."""
+        lookup = StoreLookup(self.store, self.environment, known=holders.values() if from_store else ())
         fresh = find_links(self.environment, list(holders.values()), lookup, self.finders)
         moved = {*change.renamed, *change.restated}
         if moved:
@@ -624,7 +626,7 @@ class MapUpdater:
             return
         holders = {o["id"]: o for o in self.store.find_objects(self.environment, ids=ids)}  # gone ones: skipped
         change = Change(restated=[m for m in moved if m in holders])  # (relinked alike: see _relink_now)
-        self._relink_now(change, holders)
+        self._relink_now(change, holders, from_store=True)
         self._note(change, ())
 
     def find_links(self, **filters: Any) -> list[Doc]:

@@ -122,19 +122,24 @@ class MemoryLookup:
 class StoreLookup:
     """Lookups against the store, for an incremental update after a notification.
 
-    Nothing is cached: a StoreLookup is meant to live for one update, and a cache would only risk
-    serving objects the update itself just changed.
+    A StoreLookup lives for one computation of links, during which nothing is written: so ``get``
+    remembers what it read, and what it did not find (the finders ask for the same networks,
+    instances and ports in turn), starting from ``known``, objects just read from the store (the
+    holders). Make a new one after a write.
     """
 
-    def __init__(self, store: Store, environment: str) -> None:
+    def __init__(self, store: Store, environment: str, known: Iterable[Doc] = ()) -> None:
         self.store = store
         self.environment = environment
+        self._got: dict[str, Doc | None] = {doc["id"]: doc for doc in known}
 
     def get(self, ids: Iterable[str]) -> dict[str, Doc]:
-        wanted = sorted(set(ids))
-        if not wanted:
-            return {}
-        return {doc["id"]: doc for doc in self.store.find_objects(self.environment, ids=wanted)}
+        wanted = set(ids)
+        unread = sorted(wanted - self._got.keys())
+        if unread:
+            self._got.update(dict.fromkeys(unread))
+            self._got.update((doc["id"], doc) for doc in self.store.find_objects(self.environment, ids=unread))
+        return {i: doc for i in wanted if (doc := self._got[i]) is not None}
 
     def find(self, type: str, **equals: Any) -> list[Doc]:
         filed = FILED_BY.get(type)

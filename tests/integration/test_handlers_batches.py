@@ -217,9 +217,9 @@ def test_a_batch_of_mixed_events_is_relinked_once_and_converges_to_a_fresh_scan(
     relinked: list[int] = []
     real = updater._relink_now
 
-    def counting(change: Any, holders: dict[str, Any]) -> None:
+    def counting(change: Any, holders: dict[str, Any], **kw: Any) -> None:
         relinked.append(len(holders))
-        real(change, holders)
+        real(change, holders, **kw)
 
     updater._relink_now = counting  # type: ignore[method-assign]
     handle_as_one_batch(world, events, other, by_server[first["id"]][0]["id"])

@@ -22,6 +22,7 @@ from stackmap.discovery.links import (
 from stackmap.errors import ConfigError
 from stackmap.model import Link
 from stackmap.store import open_store
+from tests.store_calls import record_calls
 
 ENV = "lab"
 
@@ -271,6 +272,22 @@ def test_store_lookup_gives_the_same_links_as_memory(tmp_path: Path) -> None:
         assert by_key(from_store) == by_key(all_links(docs))
         store.upsert_links(ENV, from_store)
         assert store.link_keys(ENV) == set(by_key(from_store))
+
+
+def test_a_store_lookup_reads_each_object_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Finders ask one lookup for the same objects in turn: it reads each id once, missing ones
+    too, and never the objects it was given."""
+    docs = cloud()
+    with open_store(f"sqlite:///{tmp_path}/x.db") as store:
+        store.upsert_objects(ENV, docs)
+        holder = next(d for d in docs if d["id"] == "p1")
+        lookup = StoreLookup(store, ENV, known=[holder])
+        calls = record_calls(monkeypatch, store, "find_objects")
+        assert lookup.get(["p1"]) == {"p1": holder} and calls == []
+        assert set(lookup.get(["p2a", "nope", "p1"])) == {"p1", "p2a"}
+        assert [c["ids"] for c in calls] == [["nope", "p2a"]]
+        assert set(lookup.get(["nope", "p2a", "net-a"])) == {"p2a", "net-a"}
+        assert [c["ids"] for c in calls] == [["nope", "p2a"], ["net-a"]]
 
 
 @pytest.mark.parametrize("gateway_port", [True, False])
