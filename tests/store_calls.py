@@ -18,3 +18,17 @@ def record_calls(monkeypatch: pytest.MonkeyPatch, store: Any, method: str) -> li
 
     monkeypatch.setattr(store, method, recording)
     return calls
+
+
+def count_results(monkeypatch: pytest.MonkeyPatch, store: Any, method: str) -> list[int]:
+    """Wrap ``store.<method>`` so the number of documents each call returns is recorded."""
+    counts: list[int] = []
+    real = getattr(store, method)
+
+    def counting(environment: str, **kw: Any) -> Any:
+        docs = real(environment, **kw)
+        counts.append(len(docs))
+        return docs
+
+    monkeypatch.setattr(store, method, counting)
+    return counts

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -15,7 +14,7 @@ from stackmap.environments import add_environment
 from stackmap.model import EnvironmentConfig
 from stackmap.secrets import SecretBox
 from stackmap.store import Store, open_store
-from tests.store_calls import record_calls
+from tests.store_calls import count_results, record_calls
 from tests.unit.host_layer import ENV, Doc, cloud, hobj, obj, port, sid
 
 OH, LH = "ovs-1", "lxb-1"
@@ -122,15 +121,7 @@ def test_a_port_update_reads_its_host_not_the_whole_map(updater: MapUpdater, mon
                        ip_addresses=[f"10.9.{n}.{k}/24"]) for k in range(4)]
         others.append(obj("otep", f"x{n}-otep", host=f"x{n}", ip_address=f"10.9.{n}.0"))
     store.upsert_objects(ENV, others)
-    read: list[int] = []
-    real = store.find_objects
-
-    def counting(environment: str, **kw: Any) -> list[Doc]:
-        docs = real(environment, **kw)
-        read.append(len(docs))
-        return docs
-
-    monkeypatch.setattr(store, "find_objects", counting)
+    read = count_results(monkeypatch, store, "find_objects")
     pb = port("pb", "net-b", LH, "compute:nova", "vm2")
     store.upsert_objects(ENV, [pb])
     updater.relink(Change(upserted=[pb]))
@@ -154,15 +145,7 @@ def test_a_port_relink_reads_its_own_links_not_its_pnics(updater: MapUpdater, mo
     updater.relink(Change(upserted=ports))
     eth0 = sid(OH, "eth0")
     assert len(store.find_links(ENV, source_id=eth0, link_type="host_pnic-network")) > 100
-    read: list[int] = []
-    real = store.find_links
-
-    def counting(environment: str, **kw: Any) -> list[Doc]:
-        links = real(environment, **kw)
-        read.append(len(links))
-        return links
-
-    monkeypatch.setattr(store, "find_links", counting)
+    read = count_results(monkeypatch, store, "find_links")
     moved = dict(ports[7], status="DOWN")
     store.upsert_objects(ENV, [moved])
     updater.relink(Change(upserted=[moved], restated=[moved["id"]]))
