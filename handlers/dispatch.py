@@ -159,12 +159,23 @@ class Dispatcher:
             return results
         except StoreUnavailable as exc:
             return [EventResult.store_unavailable(str(exc))] * len(notifications)
-        except Exception as exc:  # undone: one at a time, each says what is wrong with it
-            quiet = isinstance(exc, StackmapError)  # e.g. an object whose parent is not mapped yet
-            (log.info if quiet else log.warning)(
-                "events not handled together; handling them one at a time", event_type=first.event_type,
-                events=len(notifications), error=f"{type(exc).__name__}: {exc}", exc_info=not quiet)
-            return [self.handle(n) for n in notifications]
+        except StackmapError as exc:
+            if not exc.retryable:
+                return self._one_at_a_time(notifications, exc)
+            # the API is away: one at a time each would wait for it again, to the same end
+            log.warning("API unavailable; events will be retried", event_type=first.event_type,
+                        events=len(notifications), error=str(exc))
+            return [_retry_later(exc)] * len(notifications)
+        except Exception as exc:
+            return self._one_at_a_time(notifications, exc)
+
+    def _one_at_a_time(self, notifications: list[Notification], exc: Exception) -> list[EventResult]:
+        """After a pass over several events was undone: each handled alone says what is wrong with it."""
+        quiet = isinstance(exc, StackmapError)  # e.g. an object whose parent is not mapped yet
+        (log.info if quiet else log.warning)(
+            "events not handled together; handling them one at a time", event_type=notifications[0].event_type,
+            events=len(notifications), error=f"{type(exc).__name__}: {exc}", exc_info=not quiet)
+        return [self.handle(n) for n in notifications]
 
     def read_ahead(self, notification: Notification) -> None:
         """Start the API reads this event's handling will make (see ``MapUpdater.read_ahead``)."""
@@ -288,6 +299,10 @@ class Dispatcher:
         except StoreUnavailable as exc:
             return EventResult.store_unavailable(str(exc))
         except StackmapError as exc:
+            if exc.retryable:
+                log.warning("API unavailable; event will be retried", event_type=notification.event_type,
+                            error=str(exc))
+                return _retry_later(exc)
             log.warning("event failed", event_type=notification.event_type, error=str(exc))
             return EventResult.failed(str(exc))
         except Exception as exc:  # a handler bug must not kill the listener nor loop the message
@@ -308,3 +323,9 @@ class Dispatcher:
             message=result.message or notification.event_type, related_object=result.related_object,
             related_object_type=result.display_context, display_context=notification.event_type,
             received_timestamp=utcnow()).to_doc()])
+
+
+def _retry_later(exc: StackmapError) -> EventResult:
+    """What a handler that needed an unavailable dependency (the API) returns: the event goes to the
+    retry queue, with its attempts counted, instead of to the dead letters."""
+    return EventResult.again(f"unavailable, to be retried: {exc}")

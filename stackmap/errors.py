@@ -10,6 +10,13 @@ from __future__ import annotations
 class StackmapError(Exception):
     """An error whose message is meant for the operator, as one line."""
 
+    @property
+    def retryable(self) -> bool:
+        """Whether the same work may succeed if tried again later (something it depends on is away
+        for a while), unlike work that is wrong in itself: the event dispatcher retries the one and
+        dead-letters the other."""
+        return False
+
 
 class ConfigError(StackmapError):
     """Settings or an environment config file are invalid."""

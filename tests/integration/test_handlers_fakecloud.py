@@ -303,6 +303,34 @@ def test_a_merged_read_that_fails_fails_each_of_its_reads_where_taken(world: Wor
         updater.show("port", ports[1]["id"], region)
 
 
+def test_an_api_away_gets_an_event_retried_and_a_refusal_gets_it_dead_lettered(world: World) -> None:
+    """Unreachable is a passing state: the event is retried (its attempts counted by the listener).
+    A 403 is the API's answer about the request itself: the event fails, to the dead letters."""
+    port = compute_ports(world.cloud)[0]
+    world.cloud.rename("ports", port["id"], "renamed-while-away")
+    payload = {"port": next(p for p in world.cloud.items("ports") if p["id"] == port["id"])}
+
+    def handle_with_a_new_client() -> Any:  # a new client: its token's catalog is the one served now
+        dispatcher = Dispatcher(MapUpdater(world.store, world.box, ENV), batched=world.dispatcher.batched)
+        try:
+            result = dispatcher.handle(notification("port.update.end", payload))
+            dispatcher.flush()
+            return result
+        finally:
+            dispatcher.close()
+
+    world.server.point_service_at("network", "http://127.0.0.1:9")  # nothing listens there
+    away = handle_with_a_new_client()
+    assert (away.result, away.retry) == (False, True) and "cannot reach the network API" in away.message
+    world.server.reset()
+    world.server.fail(world.server.path("network", "/ports/*"), 403, times=1)
+    refused = handle_with_a_new_client()
+    assert (refused.result, refused.retry) == (False, False) and "403" in refused.message
+    assert world.store.get_object(ENV, port["id"])["name"] != "renamed-while-away"
+    assert handle_with_a_new_client().result
+    assert world.store.get_object(ENV, port["id"])["name"] == "renamed-while-away"
+
+
 def _established_to(port: int) -> int:
     """This process's established TCP connections to 127.0.0.1:port (from /proc: no extra package)."""
     mine = set()

@@ -220,3 +220,48 @@ def test_the_batch_before_an_event_that_will_wait_is_settled_first(listener_env:
         wait_for(lambda: committed.count() == 4, 20, "the four events")
     store.close()
     assert sink.calls == ["a", "b", "flush", "w", "d", "flush"]
+
+
+def retried(env: str, event_type: str) -> float:
+    return sample("stackmap_events_handled_total", env, event_type=event_type, result="retried")
+
+
+@pytest.mark.fault
+def test_an_api_outage_mid_stream_retries_the_events_and_dead_letters_none(world: World, listener_env: str) -> None:
+    """nova and neutron answer 503 for a while (an API restarting behind its load balancer): the
+    events that need them are retried, not dead-lettered, and once the APIs answer again the map is
+    the truth."""
+    cloud, server = world.cloud, world.server
+    dispatcher = on_test_exchanges(MapUpdater(world.store, world.box, ENV), listener_env)
+    committed = Committed()
+    pub = Publisher(exchanges_for(listener_env)[1])
+    ports = compute_ports(cloud)[:6]
+    servers = [s for s in cloud.items("servers") if s.get("OS-EXT-SRV-ATTR:host")][:2]
+    try:
+        with running_listener(listener_env, world.store, options(), sink=dispatcher,
+                              on_committed=committed) as listener:
+            outage = [server.fail(server.path("network", "/*"), 503), server.fail(server.path("compute", "/*"), 503)]
+            for i, port in enumerate(ports):
+                cloud.rename("ports", port["id"], f"outage-port-{i}")
+                pub.publish(oslo_body("port.update.end", {"port": current(cloud, port["id"])}, f"p{i}"))
+            for i, item in enumerate(servers):
+                cloud.rename("servers", item["id"], f"outage-vm-{i}")
+                pub.publish(oslo_body("compute.instance.update", {"instance_id": item["id"], "state": "active"},
+                                      f"s{i}"))
+            wait_for(lambda: retried(listener_env, "port.update.end") >= len(ports)
+                     and retried(listener_env, "compute.instance.update") >= len(servers), 30,
+                     "every event to be retried while the APIs answer 503")
+            assert committed.count() == 0
+            with server._lock:
+                for fault in outage:
+                    server.faults.remove(fault)
+            wait_for(lambda: committed.count() == len(ports) + len(servers), 60, "every event after the outage")
+            wait_for(lambda: queue_depth(listener.names.main) == 0 and queue_depth(listener.names.retry) == 0, 10,
+                     "every event acked")
+    finally:
+        pub.close()
+        dispatcher.close()
+    assert drain_queue(QueueNames.for_environment(listener_env).dead) == []
+    assert handled(listener_env, "port.update.end") == len(ports)
+    assert [world.store.get_object(ENV, p["id"])["name"] for p in ports] == [f"outage-port-{i}" for i in range(6)]
+    world.assert_like_a_fresh_scan()

@@ -157,3 +157,14 @@ def test_a_proxy_set_on_the_session_is_used(served: tuple[FakeCloudServer, OpenS
         server_ids(client)  # sent through the proxy: the direct way would have reached the API
     client.session.session.proxies = {}
     assert server_ids(client)
+
+
+def test_which_api_errors_are_worth_retrying() -> None:
+    from stackmap.discovery.api.client import ServiceMissing
+    from stackmap.errors import StackmapError
+
+    assert ApiError("cannot reach the compute API").retryable  # no answer at all
+    assert all(ApiError("x", status=s).retryable for s in (401, 408, 429, 500, 502, 503, 504))
+    assert not any(ApiError("x", status=s).retryable for s in (400, 403, 404, 409, 413))
+    assert not ServiceMissing("no compute endpoint").retryable
+    assert not StackmapError("bad config").retryable

@@ -56,9 +56,21 @@ class ApiError(StackmapError):
         self.fatal = fatal
         self.status = status
 
+    @property
+    def retryable(self) -> bool:
+        """Unreachable, timed out, throttled, or the service failing (5xx: an API restarting behind its
+        load balancer answers 502/503), or our token refused (keystone restarting): a later read may
+        well succeed. Any other 4xx is an answer about the request itself."""
+        status = self.status
+        return status is None or status in (401, 408, 429) or status >= 500
+
 
 class ServiceMissing(ApiError):
     """The catalog has no endpoint for a service in a region."""
+
+    @property
+    def retryable(self) -> bool:
+        return False  # the deployment's shape, not a passing state
 
 
 def auth_url_of(section: OpenStackSection) -> str:
