@@ -475,7 +475,8 @@ def bench_size(objects: int, args: argparse.Namespace, options: EventManagerSett
 
                     opts = load_settings().event_manager  # STACKMAP_EVENT_MANAGER__TRUST_PAYLOADS=true...
                     updater = MapUpdater(store, box, environment, trust_payloads=opts.trust_payloads,
-                                         read_ahead_threads=0 if args.no_read_ahead else opts.read_ahead_threads)
+                                         read_ahead_threads=0 if args.no_read_ahead else opts.read_ahead_threads,
+                                         api_timeout_s=opts.api_timeout_s)
                     # as the daemon builds it, on the bench's own exchange instead of nova's and neutron's
                     return Dispatcher(updater, load_events_config().bound_to([exchange]), batched=True)
                 return StandInSink(store, environment, exchange)

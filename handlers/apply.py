@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -58,6 +59,8 @@ READ_AHEAD_THREADS = 16
 READ_AHEAD_TTL_S = 30.0  # a read not taken by then is older than we want to trust
 READ_AHEAD_MAX = 20_000
 REGION_TTL_S = 60.0
+API_TIMEOUT_S = 10.0
+API_PAUSE_S = 5.0  # after an API gave no answer, its reads fail at once for this long
 # ("show", kind, id, region) or ("list", resource, region, sorted filter params)
 Read = tuple[Any, ...]
 _NOT_READ = object()
@@ -159,8 +162,13 @@ class MapUpdater:
 
     def __init__(self, store: Store, box: SecretBox, environment: str, *, adapter: CountingAdapter | None = None,
                  scanners: ScannersConfig | None = None, trust_payloads: bool = False,
-                 read_ahead_threads: int = READ_AHEAD_THREADS) -> None:
+                 read_ahead_threads: int = READ_AHEAD_THREADS, api_timeout_s: float = API_TIMEOUT_S,
+                 api_pause_s: float = API_PAUSE_S) -> None:
         self.store = store
+        self.api_timeout_s = api_timeout_s
+        self.api_pause_s = api_pause_s
+        # (service, region) -> (when it last gave no answer, what was said): see _asking
+        self._unanswered: dict[tuple[str, str], tuple[float, str]] = {}
         self.trust_payloads = trust_payloads
         self.read_ahead_threads = read_ahead_threads
         self.box = box
@@ -204,8 +212,33 @@ class MapUpdater:
                 raise StackmapError(f"environment {self.environment} has no OpenStack section")
             from stackmap.discovery.scan import make_adapter
 
-            self._client = OpenStackClient(section, self.box, adapter=self._adapter or make_adapter(self.env))
+            self._client = OpenStackClient(section, self.box, adapter=self._adapter or make_adapter(self.env),
+                                           timeout=self.api_timeout_s)
         return self._client
+
+    @contextmanager
+    def _asking(self, service: str, region: str | None) -> Iterator[None]:
+        """Around every API read: an API that just gave no answer (refused, unreachable, timed out) is
+        not asked again for ``api_pause_s``. Otherwise every waiting event would wait out its own
+        timeout (a blackholed endpoint), one after the other, and the listener would miss its
+        heartbeats; this way they are all retried at once, and the API is asked again soon after."""
+        key = (service, region or "")
+        last = self._unanswered.get(key)
+        if last is not None:
+            ago = time.monotonic() - last[0]
+            if ago < self.api_pause_s:
+                raise ApiError(f"{last[1]} ({ago:.1f} s ago; not asked again for {self.api_pause_s - ago:.1f} s)",
+                               unanswered=True)
+        try:
+            yield
+        except ApiError as exc:
+            if exc.unanswered:
+                with self._lock:
+                    self._unanswered[key] = (time.monotonic(), str(exc))
+            raise
+        if last is not None:
+            with self._lock:
+                self._unanswered.pop(key, None)
 
     def region(self, hint: Doc | None = None) -> str:
         if hint and hint.get("region"):
@@ -325,10 +358,12 @@ class MapUpdater:
 
     def _show_now(self, kind: str, object_id: str, region: str | None) -> Doc | None:
         service, path, key = API_SHOW[kind]
+        region = region or self.region()
         try:
             # at the microversion the scan lists the kind with: the item must have the scan's shape
-            data = self.client.get_json(service, path.format(id=object_id), region or self.region(),
-                                        microversion=SOURCE[kind].microversion)
+            with self._asking(service, region):
+                data = self.client.get_json(service, path.format(id=object_id), region,
+                                            microversion=SOURCE[kind].microversion)
         except ApiError as exc:
             if exc.status == 404:
                 return None
@@ -341,8 +376,9 @@ class MapUpdater:
         return self._list_now(res, region, params) if got is _NOT_READ else cast("list[Doc]", got)
 
     def _list_now(self, res: Resource, region: str, params: dict[str, Any]) -> list[Doc]:
-        return self.client.list(res.service, res.path, res.key, region, params={**dict(res.params), **params},
-                                microversion=res.microversion, paged=res.paged)
+        with self._asking(res.service, region):
+            return self.client.list(res.service, res.path, res.key, region, params={**dict(res.params), **params},
+                                    microversion=res.microversion, paged=res.paged)
 
     # -- tombstones and versions -------------------------------------------------------------------
     def tombstoned(self, object_id: str) -> bool:

@@ -123,6 +123,9 @@ class EventManagerSettings(DaemonSettings):
     read_ahead_threads: int = Field(
         default=16, ge=0, le=256, description="API reads of waiting events made concurrently, ahead of their "
         "handling (0: each handler reads when its turn comes); worth most where the API answers slowly")
+    api_timeout_s: float = Field(
+        default=10.0, gt=0, description="longest wait for one API answer while handling an event; an API that "
+        "does not answer makes its events retried, and is not asked again for a few seconds")
     prefetch: int = Field(default=500, ge=1, le=65535)
     batch_size: int = Field(default=200, ge=1, description="acknowledge after this many messages, with one ack")
     batch_max_delay_ms: int = Field(default=3, ge=0, description="...or after this long, whichever is first")

@@ -143,7 +143,8 @@ def handlers_sink(environment: str, store: Store, box: SecretBox, settings: Sett
 
     opts = settings.event_manager
     return Dispatcher(MapUpdater(store, box, environment, trust_payloads=opts.trust_payloads,
-                                 read_ahead_threads=opts.read_ahead_threads), batched=True)
+                                 read_ahead_threads=opts.read_ahead_threads, api_timeout_s=opts.api_timeout_s),
+                      batched=True)
 
 
 def load_sink_factory(spec: str) -> SinkFactory:

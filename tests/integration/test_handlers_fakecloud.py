@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -329,6 +330,34 @@ def test_an_api_away_gets_an_event_retried_and_a_refusal_gets_it_dead_lettered(w
     assert world.store.get_object(ENV, port["id"])["name"] != "renamed-while-away"
     assert handle_with_a_new_client().result
     assert world.store.get_object(ENV, port["id"])["name"] == "renamed-while-away"
+
+
+def test_an_api_that_does_not_answer_is_not_asked_again_for_a_while(world: World) -> None:
+    """A blackholed endpoint: the first read waits out the timeout, the reads after it fail at once
+    (each event retried) without a request, until the pause is over; then the API is asked again."""
+    ports = compute_ports(world.cloud)[:4]
+    slow = world.server.slow(world.server.path("network", "/ports/*"), 3.0)
+    updater = MapUpdater(world.store, world.box, ENV, read_ahead_threads=0, api_timeout_s=0.3, api_pause_s=1.5)
+    dispatcher = Dispatcher(updater, batched=world.dispatcher.batched)
+    try:
+        for i, port in enumerate(ports):
+            world.cloud.rename("ports", port["id"], f"after-the-pause-{i}")
+        payloads = [{"port": next(p for p in world.cloud.items("ports") if p["id"] == port["id"])} for port in ports]
+        results = [dispatcher.handle(notification("port.update.end", payload)) for payload in payloads]
+        dispatcher.flush()
+        assert all((r.result, r.retry) == (False, True) for r in results), [r.message for r in results]
+        assert "cannot reach the network API" in results[0].message
+        assert all("not asked again" in r.message for r in results[1:])
+        assert slow.hits == 1  # one request waited for the endpoint; the other events did not
+        with world.server._lock:
+            world.server.faults.remove(slow)
+        time.sleep(1.6)
+        results = [dispatcher.handle(notification("port.update.end", payload)) for payload in payloads]
+        dispatcher.flush()
+        assert all(r.result for r in results), [r.message for r in results]
+    finally:
+        dispatcher.close()
+    assert [world.store.get_object(ENV, p["id"])["name"] for p in ports] == [f"after-the-pause-{i}" for i in range(4)]
 
 
 def _established_to(port: int) -> int:

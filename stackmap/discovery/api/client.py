@@ -51,10 +51,12 @@ ENDPOINT_TTL_S = 300.0
 class ApiError(StackmapError):
     """An OpenStack API could not be read; ``fatal`` when nothing else can work (auth, keystone down)."""
 
-    def __init__(self, message: str, *, fatal: bool = False, status: int | None = None) -> None:
+    def __init__(self, message: str, *, fatal: bool = False, status: int | None = None,
+                 unanswered: bool = False) -> None:
         super().__init__(message)
         self.fatal = fatal
         self.status = status
+        self.unanswered = unanswered  # no answer came at all: refused, unreachable or timed out
 
     @property
     def retryable(self) -> bool:
@@ -237,7 +239,8 @@ class OpenStackClient:
         except (ks_exc.ConnectFailure, ks_exc.ConnectTimeout) as exc:
             with self._lock:  # it may have moved: look it up again at the next request
                 self._endpoints.pop((service_type, region or ""), None)
-            raise ApiError(f"cannot reach the {service_type} API in region {region}: {_short(exc)}") from None
+            raise ApiError(f"cannot reach the {service_type} API in region {region}: {_short(exc)}",
+                           unanswered=True) from None
         except ks_exc.Unauthorized:
             raise ApiError(f"the {service_type} API refused our token (401)", fatal=True) from None
         except RecordingMissing as exc:
