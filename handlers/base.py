@@ -27,10 +27,17 @@ class EventResult:
     display_context: str | None = None
     ignored: bool = False  # no handler for this event type, or nothing to do: acked and counted
     store_outage: bool = False  # the store could not be reached: hold the message, spend no attempt
+    # something the handler needs (the API) is away: retried for as long as an outage may last, not
+    # only ``retry_limit`` times
+    away: bool = False
 
     @classmethod
     def store_unavailable(cls, reason: str) -> EventResult:
         return cls(False, retry=True, message=f"store unavailable: {reason}", store_outage=True)
+
+    @classmethod
+    def unavailable(cls, reason: str) -> EventResult:
+        return cls(False, retry=True, message=f"unavailable, to be retried: {reason}", away=True)
 
     @classmethod
     def done(cls, message: str, obj: str | None = None, context: str | None = None) -> EventResult:

@@ -327,5 +327,5 @@ class Dispatcher:
 
 def _retry_later(exc: StackmapError) -> EventResult:
     """What a handler that needed an unavailable dependency (the API) returns: the event goes to the
-    retry queue, with its attempts counted, instead of to the dead letters."""
-    return EventResult.again(f"unavailable, to be retried: {exc}")
+    retry queue instead of to the dead letters, for as long as an outage may last."""
+    return EventResult.unavailable(str(exc))

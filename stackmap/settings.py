@@ -126,6 +126,9 @@ class EventManagerSettings(DaemonSettings):
     api_timeout_s: float = Field(
         default=10.0, gt=0, description="longest wait for one API answer while handling an event; an API that "
         "does not answer makes its events retried, and is not asked again for a few seconds")
+    api_outage_max_s: float = Field(
+        default=3600.0, ge=0, description="how long an event is retried while an API it needs is away "
+        "(no answer, 5xx...), however many retries that takes; then it is dead-lettered")
     prefetch: int = Field(default=500, ge=1, le=65535)
     batch_size: int = Field(default=200, ge=1, description="acknowledge after this many messages, with one ack")
     batch_max_delay_ms: int = Field(default=3, ge=0, description="...or after this long, whichever is first")

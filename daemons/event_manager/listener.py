@@ -23,6 +23,12 @@ Why it looks the way it does (Calipso's listener is the counter-example, see cal
   decoded, a copy goes to ``<queue>.dead`` with ``x-stackmap-reason`` and ``x-stackmap-detail``.
   Copies are published with publisher confirms before the original is acked, so none is lost.
   Unknown event types are acked and counted as ignored, never left unacked.
+- **An API outage is not the event's fault either.** A result that says the API is away
+  (``EventResult.unavailable``) is retried like any other, but for as long as the outage lasts, up to
+  ``api_outage_max_s`` since its handler first found the API away (``x-stackmap-away-since``, kept in
+  the message), not only ``retry_limit`` times: an API upgrade that takes half an hour must not
+  dead-letter everything that happened meanwhile. Unlike a store outage, other events go on: one
+  API (cinder, say) may be away while the others answer.
 - **A store outage is nobody's fault.** When the store is unavailable (the dispatcher reports it as a
   retry whose message starts with ``store unavailable``), the listener does not burn the message's
   attempts: it keeps the message and everything after it unacked, waits with backoff while keeping
@@ -77,10 +83,12 @@ DEAD_AT_HEADER = "x-stackmap-dead-at"
 ORIGINAL_EXCHANGE_HEADER = "x-stackmap-original-exchange"
 ORIGINAL_ROUTING_KEY_HEADER = "x-stackmap-original-routing-key"
 LAST_ERROR_HEADER = "x-stackmap-last-error"
+AWAY_SINCE_HEADER = "x-stackmap-away-since"  # when its handler first found the API away (epoch seconds)
 
 # reasons of our own (BadMessage brings its own short labels: not_json, bad_envelope, ...)
 REASON_HANDLER_FAILED = "handler_failed"
 REASON_RETRY_LIMIT = "retry_limit"
+REASON_AWAY_TOO_LONG = "unavailable_too_long"
 REASON_SINK_ERROR = "sink_error"
 
 STORE_OUTAGE_PREFIX = "store unavailable"
@@ -414,6 +422,7 @@ class _Delivery:
     key: Hashable | None = None  # same key, later delivery: this one need not be handled (coalesce_key)
     read_ahead: bool = False  # its reads were started when it arrived (read_ahead)
     group: Hashable | None = None  # handled together with those of its run that share it (group_key)
+    away_since: float | None = None  # set when its handler found the API away (AWAY_SINCE_HEADER)
 
 
 class _Stopped(Exception):
@@ -426,6 +435,16 @@ def _attempt_of(headers: dict[str, Any] | None) -> int:
         return max(0, int(value))
     except (TypeError, ValueError):
         return 0
+
+
+def _away_since(headers: dict[str, Any] | None, now: float) -> float:
+    """When this message's handler first found the API away: its header, or now (the first time)."""
+    value = (headers or {}).get(AWAY_SINCE_HEADER)
+    try:
+        since = float(value) if value is not None else now
+    except (TypeError, ValueError):
+        return now
+    return since if since <= now else now  # a clock that went back must not stretch the outage
 
 
 def _text(value: Any, limit: int = DETAIL_LIMIT) -> str:
@@ -904,6 +923,14 @@ class Listener:
         d.committed_at = time.time()
         if result.result:
             d.result = M.IGNORED if result.ignored else M.HANDLED
+        elif result.away:  # the API is away: retried while the outage is shorter than api_outage_max_s
+            d.away_since = _away_since(d.message.headers, d.committed_at)
+            away_for = d.committed_at - d.away_since
+            if away_for < self.options.api_outage_max_s:
+                d.result, d.detail = M.RETRIED, _text(result.message)
+            else:
+                d.result, d.reason = M.DEAD_LETTERED, REASON_AWAY_TOO_LONG
+                d.detail = _text(f"gave up after {d.attempt + 1} attempts over {away_for:.0f} s: {result.message}")
         elif result.retry and d.attempt < self.options.retry_limit:
             d.result, d.detail = M.RETRIED, _text(result.message)
         elif result.retry:
@@ -1031,6 +1058,8 @@ class Listener:
         headers = self._copy_headers(d, minimal)
         headers[ATTEMPT_HEADER] = attempt
         headers[LAST_ERROR_HEADER] = d.detail
+        if d.away_since is not None:
+            headers[AWAY_SINCE_HEADER] = d.away_since
         self._publish(d, "", self.names.retry, headers, expiration=delay)
         log.info("notification will be retried", environment=self.environment, attempt=attempt,
                  retry_in_s=round(delay, 3), event_type=d.notification.event_type if d.notification else None,

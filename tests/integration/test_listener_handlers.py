@@ -229,8 +229,8 @@ def retried(env: str, event_type: str) -> float:
 @pytest.mark.fault
 def test_an_api_outage_mid_stream_retries_the_events_and_dead_letters_none(world: World, listener_env: str) -> None:
     """nova and neutron answer 503 for a while (an API restarting behind its load balancer): the
-    events that need them are retried, not dead-lettered, and once the APIs answer again the map is
-    the truth."""
+    events that need them are retried, not dead-lettered, for longer than ``retry_limit`` retries
+    would last, and once the APIs answer again the map is the truth."""
     cloud, server = world.cloud, world.server
     dispatcher = on_test_exchanges(MapUpdater(world.store, world.box, ENV), listener_env)
     committed = Committed()
@@ -238,8 +238,8 @@ def test_an_api_outage_mid_stream_retries_the_events_and_dead_letters_none(world
     ports = compute_ports(cloud)[:6]
     servers = [s for s in cloud.items("servers") if s.get("OS-EXT-SRV-ATTR:host")][:2]
     try:
-        with running_listener(listener_env, world.store, options(), sink=dispatcher,
-                              on_committed=committed) as listener:
+        opts = options().model_copy(update={"retry_limit": 1})
+        with running_listener(listener_env, world.store, opts, sink=dispatcher, on_committed=committed) as listener:
             outage = [server.fail(server.path("network", "/*"), 503), server.fail(server.path("compute", "/*"), 503)]
             for i, port in enumerate(ports):
                 cloud.rename("ports", port["id"], f"outage-port-{i}")
@@ -248,9 +248,9 @@ def test_an_api_outage_mid_stream_retries_the_events_and_dead_letters_none(world
                 cloud.rename("servers", item["id"], f"outage-vm-{i}")
                 pub.publish(oslo_body("compute.instance.update", {"instance_id": item["id"], "state": "active"},
                                       f"s{i}"))
-            wait_for(lambda: retried(listener_env, "port.update.end") >= len(ports)
-                     and retried(listener_env, "compute.instance.update") >= len(servers), 30,
-                     "every event to be retried while the APIs answer 503")
+            wait_for(lambda: retried(listener_env, "port.update.end") >= 3 * len(ports)
+                     and retried(listener_env, "compute.instance.update") >= 3 * len(servers), 30,
+                     "every event to be retried three times (retry_limit is 1) while the APIs answer 503")
             assert committed.count() == 0
             with server._lock:
                 for fault in outage:
@@ -265,3 +265,30 @@ def test_an_api_outage_mid_stream_retries_the_events_and_dead_letters_none(world
     assert handled(listener_env, "port.update.end") == len(ports)
     assert [world.store.get_object(ENV, p["id"])["name"] for p in ports] == [f"outage-port-{i}" for i in range(6)]
     world.assert_like_a_fresh_scan()
+
+
+@pytest.mark.fault
+def test_an_api_away_for_longer_than_api_outage_max_s_gets_the_event_dead_lettered(
+        world: World, listener_env: str) -> None:
+    cloud, server = world.cloud, world.server
+    dispatcher = on_test_exchanges(MapUpdater(world.store, world.box, ENV), listener_env)
+    pub = Publisher(exchanges_for(listener_env)[1])
+    port = compute_ports(cloud)[0]
+    server.fail(server.path("network", "/*"), 503)
+    opts = options().model_copy(update={"retry_limit": 100, "api_outage_max_s": 1.0})
+    dead: list[tuple[dict[str, Any], bytes]] = []
+    try:
+        with running_listener(listener_env, world.store, opts, sink=dispatcher):
+            cloud.rename("ports", port["id"], "never-mapped")
+            pub.publish(oslo_body("port.update.end", {"port": current(cloud, port["id"])}, "p0"))
+            names = QueueNames.for_environment(listener_env)
+            wait_for(lambda: queue_depth(names.dead) == 1, 30, "the event to be dead-lettered")
+            dead = drain_queue(names.dead)
+    finally:
+        pub.close()
+        dispatcher.close()
+    [(headers, _)] = dead
+    assert headers["x-stackmap-reason"] == "unavailable_too_long"
+    assert "503" in headers["x-stackmap-detail"] and 1 < headers["x-stackmap-attempt"] < 100
+    assert sample("stackmap_event_dead_letters_total", listener_env, reason="unavailable_too_long") == 1
+    assert world.store.get_object(ENV, port["id"])["name"] != "never-mapped"
