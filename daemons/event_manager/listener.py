@@ -499,6 +499,7 @@ class Listener:
         self._m_seconds: dict[str, Any] = {}
         self._m_lag = M.EVENT_LAG_SECONDS.labels(env)
         self._m_store = M.STORE_UNAVAILABLE.labels(env)
+        self._m_api_away = M.API_UNAVAILABLE.labels(env)
         self._m_reconnects = M.BROKER_RECONNECTS.labels(env)
         self._m_up = M.LISTENER_UP.labels(env)
 
@@ -924,6 +925,7 @@ class Listener:
         if result.result:
             d.result = M.IGNORED if result.ignored else M.HANDLED
         elif result.away:  # the API is away: retried while the outage is shorter than api_outage_max_s
+            self._m_api_away.inc()
             d.away_since = _away_since(d.message.headers, d.committed_at)
             away_for = d.committed_at - d.away_since
             if away_for < self.options.api_outage_max_s:

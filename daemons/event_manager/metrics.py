@@ -60,6 +60,12 @@ DEAD_LETTERS = Counter(
     "Notifications moved to the dead-letter queue, by reason",
     ["environment", "reason"],
 )
+API_UNAVAILABLE = Counter(
+    "stackmap_event_api_unavailable_total",
+    "Events whose handling found an OpenStack API away (no answer, 5xx...) and that were retried or, "
+    "past api_outage_max_s, dead-lettered",
+    ["environment"],
+)
 STORE_UNAVAILABLE = Counter(
     "stackmap_event_store_unavailable_total",
     "Times a listener found the store unavailable and held its messages to try again",

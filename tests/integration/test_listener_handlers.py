@@ -252,6 +252,7 @@ def test_an_api_outage_mid_stream_retries_the_events_and_dead_letters_none(world
                      and retried(listener_env, "compute.instance.update") >= 3 * len(servers), 30,
                      "every event to be retried three times (retry_limit is 1) while the APIs answer 503")
             assert committed.count() == 0
+            assert sample("stackmap_event_api_unavailable_total", listener_env) >= 3 * (len(ports) + len(servers))
             with server._lock:
                 for fault in outage:
                     server.faults.remove(fault)
