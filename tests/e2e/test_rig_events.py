@@ -32,13 +32,13 @@ def new_map(path: Path, box: SecretBox) -> Store:
 
 
 class Harness:
-    def __init__(self, tmp: Path, conn: Any) -> None:
+    def __init__(self, tmp: Path, conn: Any, **updater: Any) -> None:
         self.tmp, self.conn = tmp, conn
         self.box = SecretBox(tmp / "key")
         self.store = new_map(tmp / "events.db", self.box)
         summary = Scanner(self.store, self.box, "rig").run()
         assert summary.status == "completed", summary.errors
-        self.dispatcher = Dispatcher(MapUpdater(self.store, self.box, "rig"), batched=True)
+        self.dispatcher = Dispatcher(MapUpdater(self.store, self.box, "rig", **updater), batched=True)
         self.tap = BusTap(self.dispatcher, self.dispatcher.bindings())
         self.rounds = 0
 
