@@ -165,7 +165,7 @@ class Dispatcher:
             # the API is away: one at a time each would wait for it again, to the same end
             log.warning("API unavailable; events will be retried", event_type=first.event_type,
                         events=len(notifications), error=str(exc))
-            return [_retry_later(exc)] * len(notifications)
+            return [EventResult.unavailable(str(exc))] * len(notifications)
         except Exception as exc:
             return self._one_at_a_time(notifications, exc)
 
@@ -302,7 +302,7 @@ class Dispatcher:
             if exc.retryable:
                 log.warning("API unavailable; event will be retried", event_type=notification.event_type,
                             error=str(exc))
-                return _retry_later(exc)
+                return EventResult.unavailable(str(exc))
             log.warning("event failed", event_type=notification.event_type, error=str(exc))
             return EventResult.failed(str(exc))
         except Exception as exc:  # a handler bug must not kill the listener nor loop the message
@@ -323,9 +323,3 @@ class Dispatcher:
             message=result.message or notification.event_type, related_object=result.related_object,
             related_object_type=result.display_context, display_context=notification.event_type,
             received_timestamp=utcnow()).to_doc()])
-
-
-def _retry_later(exc: StackmapError) -> EventResult:
-    """What a handler that needed an unavailable dependency (the API) returns: the event goes to the
-    retry queue instead of to the dead letters, for as long as an outage may last."""
-    return EventResult.unavailable(str(exc))

@@ -1059,6 +1059,12 @@ class FakeCloudServer:
         self.faults.append(fault)
         return fault
 
+    def lift(self, *faults: Fault) -> None:
+        """Stop these faults (the API answers again), leaving the others, tokens and counters as they are."""
+        with self._lock:
+            for fault in faults:
+                self.faults.remove(fault)
+
     def remove_service(self, service_type: str, region: str | None = None) -> None:
         """Leave a service out of the catalogs issued from now on (in one region, or all)."""
         self.missing_services.add((service_type, region))

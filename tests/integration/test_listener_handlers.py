@@ -253,9 +253,7 @@ def test_an_api_outage_mid_stream_retries_the_events_and_dead_letters_none(world
                      "every event to be retried three times (retry_limit is 1) while the APIs answer 503")
             assert committed.count() == 0
             assert sample("stackmap_event_api_unavailable_total", listener_env) >= 3 * (len(ports) + len(servers))
-            with server._lock:
-                for fault in outage:
-                    server.faults.remove(fault)
+            server.lift(*outage)
             wait_for(lambda: committed.count() == len(ports) + len(servers), 60, "every event after the outage")
             wait_for(lambda: queue_depth(listener.names.main) == 0 and queue_depth(listener.names.retry) == 0, 10,
                      "every event acked")
